@@ -1,0 +1,508 @@
+"""What the three methods share: flags, device and precision, MixMatch's pieces (sharpen, mixup, losses),
+EMA, train accuracy, evaluation, checkpoints, run directory and logs. Shared module (identical copies)."""
+import argparse
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+
+import augment
+import data
+import models
+from models import UserError
+
+
+# =========================================================================================================
+# Flags
+# =========================================================================================================
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag ends with one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def get_args_parser(add_help=False):
+    p = OneLineParser(add_help=add_help)
+    g = p.add_argument_group('data')
+    g.add_argument('--dataset', default='fashion_mnist', choices=data.DATASETS,
+                   help='fashion_mnist (public stand-in for the paper\'s private NAVER fashion data), a torchvision '
+                        'dataset, or folder: images under --data-root (NSML layout or labeled/unlabeled/test)')
+    g.add_argument('--data-root', default=None, metavar='DIR',
+                   help=f'dataset location (default: {data.FASHION_MNIST_SYSTEM_DIR} for fashion_mnist, ./data '
+                        'otherwise)')
+    g.add_argument('--download', action='store_true',
+                   help='allow torchvision to download the dataset / ImageNet weights (never done otherwise)')
+    g.add_argument('--n-labeled', type=int, default=None,
+                   help='labeled training images, class-balanced (default 250; folder: all labeled rows minus val; '
+                        'the paper: ~13k of 265 classes, 4k in table 3)')
+    g.add_argument('--n-val', type=int, default=None,
+                   help='validation images held out of the labeled images (default min(5000, 10%% of them); the '
+                        'original held out 20%%)')
+    g.add_argument('--split-seed', type=int, default=0, help='seed of the labeled/val/unlabeled split')
+    g.add_argument('--image-size', type=int, default=96,
+                   help='folder datasets: side in pixels images are decoded to once (the original used 224)')
+    g.add_argument('--num-classes', type=int, default=None,
+                   help='folder datasets: number of classes (default: largest label + 1 / class folders)')
+    g.add_argument('--cache-dir', default=os.path.join(os.path.expanduser('~'), '.cache', 'adthmix'),
+                   help='folder datasets: where decoded uint8 images are cached')
+    g.add_argument('--augment', default='auto', choices=augment.AUGMENTATIONS,
+                   help=f'auto: pad-crop + flip below {augment.RRC_MIN_SIZE} px, random-resized-crop + flip above')
+
+    g = p.add_argument_group('model')
+    g.add_argument('--arch', default='wrn28_2', choices=models.ARCHS,
+                   help='wrn28_2: MixMatch\'s CIFAR WideResNet (1.5M params); the paper used efficientnet_b3')
+    g.add_argument('--pretrained', action='store_true',
+                   help='torchvision ImageNet weights from the local torch cache (the paper did; exits if absent)')
+    g.add_argument('--bn-momentum', type=float, default=0.01,
+                   help='BatchNorm running-stat momentum. MixMatch\'s 0.001 suits 2^20-step runs but leaves running '
+                        'stats near their init for thousands of steps; 0.01 settles in a few hundred steps and is '
+                        'still smooth (PyTorch default 0.1)')
+
+    g = p.add_argument_group('MixMatch')
+    g.add_argument('--K', type=int, default=2, help='augmentations per unlabeled image for the guess (paper: 2)')
+    g.add_argument('--T', type=float, default=0.5, help='sharpening temperature (paper: 0.5)')
+    g.add_argument('--alpha', type=float, default=0.75,
+                   help='mixup Beta(alpha, alpha), lambda = max(l, 1-l) (paper: 0.75; 0 = no mixup)')
+    g.add_argument('--loss', choices=('mse', 'ce'),
+                   help='unlabeled loss on mixed unlabeled rows: mse (mean over samples x classes, MixMatch) or '
+                        'ce (soft cross-entropy, the paper\'s adaptive method)')
+    g.add_argument('--lambda-u', type=float, default=None,
+                   help='unlabeled loss weight (default 75 with --loss mse, MixMatch\'s CIFAR value; the paper used '
+                        '150 with 265 classes; 1 with --loss ce, the paper\'s)')
+    g.add_argument('--drop-unkept', action='store_true',
+                   help='remove unkept unlabeled images from the batch (as the original, variable shapes) instead '
+                        'of masking them out of mixup and loss; the two differ only in BatchNorm batch statistics')
+
+    g = p.add_argument_group('optimization')
+    g.add_argument('--optimizer', default='adam', choices=('adam', 'sgd'),
+                   help='adam: AdamW, decoupled decay (MixMatch); sgd: SGD momentum 0.9, coupled decay (original)')
+    g.add_argument('--lr', type=float, default=None, help='learning rate (default adam 2e-3, sgd 5e-4 as the original)')
+    g.add_argument('--wd', type=float, default=None,
+                   help='weight decay (default adam 0.02, i.e. MixMatch\'s 0.02*lr per step; sgd 4e-4 as the original)')
+    g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (original: 0.9)')
+    g.add_argument('--batch-size', type=int, default=64, help='labeled images per step (original: 20)')
+    g.add_argument('--unlabeled-batch-size', type=int, default=None,
+                   help='unlabeled images per step, before the K augmentations (default --batch-size; original: 50)')
+    g.add_argument('--ema-decay', type=float, default=0.999,
+                   help='EMA of weights used for evaluation, decay per step, warmed up as min(decay, (1+n)/(10+n)); '
+                        '0 = evaluate the raw weights (the original had no EMA)')
+    g.add_argument('--steps', type=int, default=65536,
+                   help='optimizer steps in total (default 2^16: about 6.5 h on a 2-core AVX-512 CPU in bf16, '
+                        'WRN-28-2 on Fashion-MNIST; MixMatch used 2^20)')
+    g.add_argument('--eval-every', type=int, default=1024, help='steps between evaluations and checkpoints')
+    g.add_argument('--acc-window', type=int, default=1024,
+                   help='steps over which the running train accuracy is counted before it restarts (the original: '
+                        'one epoch); every method logs it, the adaptive threshold follows it')
+    g.add_argument('--print-every', type=int, default=100, help='steps between progress lines / bar metric updates')
+
+    g = p.add_argument_group('run')
+    g.add_argument('--out', default=None, metavar='DIR',
+                   help='run directory (default runs/<method>-<dataset>-<labels>-<arch>-<flags that matter>-s<seed>)')
+    g.add_argument('--resume', default=None, metavar='auto|PATH',
+                   help='auto: continue <out>/checkpoint.pt if present, else start fresh; PATH: continue that file')
+    g.add_argument('--evaluate', default=None, metavar='PATH',
+                   help='only evaluate a checkpoint (any method\'s) in fp32 on its test set and print one line')
+    g.add_argument('--seed', type=int, default=0, help='seed of initialization, sampling and augmentation')
+    g.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto: cuda if available')
+    g.add_argument('--amp', default='auto', choices=('auto', 'bf16', 'fp16', 'off'),
+                   help='autocast precision for training; auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, '
+                        'else off. Evaluation is always fp32')
+    g.add_argument('--eval-batch-size', type=int, default=1000, help='images per evaluation forward pass')
+    return p
+
+
+def finish_args(args, method):
+    """Fill the defaults that depend on other flags and reject out-of-range values (one line, exit 2)."""
+    if args.lambda_u is None:
+        args.lambda_u = 75.0 if args.loss == 'mse' else 1.0
+    if args.lr is None:
+        args.lr = 2e-3 if args.optimizer == 'adam' else 5e-4
+    if args.wd is None:
+        args.wd = 0.02 if args.optimizer == 'adam' else 4e-4
+    if args.unlabeled_batch_size is None:
+        args.unlabeled_batch_size = args.batch_size
+    if args.n_labeled is None and args.dataset != 'folder':
+        args.n_labeled = 250
+    checks = [
+        (args.batch_size >= 1, '--batch-size must be at least 1'),
+        (args.unlabeled_batch_size >= 1, '--unlabeled-batch-size must be at least 1'),
+        (args.eval_batch_size >= 1, '--eval-batch-size must be at least 1'),
+        (args.lambda_u >= 0, '--lambda-u must be >= 0'),
+        (args.K >= 1, '--K must be at least 1'),
+        (args.T > 0, '--T must be > 0'),
+        (args.alpha >= 0, '--alpha must be >= 0'),
+        (args.lr > 0 and args.wd >= 0, '--lr must be > 0 and --wd >= 0'),
+        (0 <= args.ema_decay < 1, '--ema-decay must be in [0, 1)'),
+        (0 < args.bn_momentum <= 1, '--bn-momentum must be in (0, 1]'),
+        (min(args.steps, args.eval_every, args.print_every, args.acc_window) >= 1,
+         '--steps, --eval-every, --print-every and --acc-window must be at least 1'),
+        (args.n_labeled is None or args.n_labeled >= 1, '--n-labeled must be at least 1'),
+        (args.n_val is None or args.n_val >= 0, '--n-val must be >= 0'),
+        (args.image_size >= 8, '--image-size must be at least 8'),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    args.method = method
+    return args
+
+
+# =========================================================================================================
+# Device and precision: the one place that decides them
+# =========================================================================================================
+class Runtime:
+    def __init__(self, device='auto', amp='auto'):
+        if device == 'auto':
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        if device == 'cuda' and not torch.cuda.is_available():
+            raise UserError('--device cuda: no CUDA device is available (use --device cpu)')
+        if amp == 'auto':
+            amp = 'bf16' if device == 'cuda' or torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'off'
+        if amp == 'fp16' and device != 'cuda':
+            raise UserError('--amp fp16 needs CUDA; use --amp bf16 or off on the CPU')
+        self.device = torch.device(device)
+        self.precision = amp
+        self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'off': None}[amp]
+        self.scaler = torch.amp.GradScaler('cuda') if amp == 'fp16' else None
+        if device == 'cuda':
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare(self, model):
+        """channels_last: 1.4-2x faster convolutions on CPU (oneDNN) and on CUDA tensor cores."""
+        return model.to(self.device, memory_format=torch.channels_last)
+
+    def describe(self):
+        if self.device.type == 'cuda':
+            return f'cuda ({torch.cuda.get_device_name(self.device)})'
+        return f'cpu ({torch.get_num_threads()} threads)'
+
+
+# =========================================================================================================
+# MixMatch pieces
+# =========================================================================================================
+def sharpen(p, T):
+    """p^(1/T), renormalized (MixMatch eq. 7)."""
+    p = p.pow(1.0 / T)
+    return p / p.sum(dim=1, keepdim=True)
+
+
+def sample_mixup_lambda(alpha, device):
+    """lambda ~ Beta(alpha, alpha), then max(l, 1-l) so every mixed row stays closest to its own input.
+    Drawn on the device from its global RNG (no host sync, saved with the checkpoint)."""
+    if alpha <= 0:
+        return torch.ones((), device=device)
+    a = torch.tensor(float(alpha), device=device)
+    lam = torch.distributions.Beta(a, a).sample()
+    return torch.maximum(lam, 1 - lam)
+
+
+def mixup_partner(valid):
+    """A random permutation that maps valid rows onto valid rows and the rest onto the rest, so dropped
+    (unkept) samples never mix with kept ones. Static shapes, no host sync."""
+    shuffled = (torch.rand(valid.shape, device=valid.device) + (~valid).float()).argsort()  # valid first, random
+    in_order = (~valid).to(torch.uint8).argsort(stable=True)                                # valid first, by index
+    partner = torch.empty_like(shuffled)
+    partner[in_order] = shuffled
+    return partner
+
+
+def soft_cross_entropy(logits, targets):
+    """Per row: -sum_c target_c * log softmax(logits)_c."""
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+
+
+def unlabeled_loss(logits, targets, mask, kind):
+    """Mean over kept rows (mask) of the MSE between softmax and target (averaged over classes too, as
+    MixMatch) or of the soft cross-entropy. Zero when nothing is kept."""
+    if kind == 'mse':
+        per_row = (torch.softmax(logits.float(), dim=1) - targets).pow(2).mean(dim=1)
+    else:
+        per_row = soft_cross_entropy(logits, targets)
+    mask = mask.float()
+    return (per_row * mask).sum() / mask.sum().clamp(min=1)
+
+
+# =========================================================================================================
+# Train accuracy (the adaptive threshold follows it; every method logs it)
+# =========================================================================================================
+class TrainAccuracy:
+    """Running top-1 on the labeled rows of the current window of --acc-window steps, as integer counts on
+    the device. At a window's start no batch has been counted yet and the previous window's last value is
+    used (the original's "last acc val update"); the very first window starts at 0."""
+
+    def __init__(self, device):
+        self.state = torch.zeros(4, dtype=torch.long, device=device)  # correct, seen, seed_correct, seed_seen
+
+    def add(self, correct, seen):
+        self.state[0] += correct
+        self.state[1] += seen
+
+    def fraction(self):
+        """(numerator, denominator) of the accuracy in force, as device tensors; denominator >= 1."""
+        fresh = self.state[1] > 0
+        num = torch.where(fresh, self.state[0], self.state[2])
+        den = torch.where(fresh, self.state[1], self.state[3])
+        return num, den.clamp(min=1)
+
+    def new_window(self):
+        fresh = self.state[1] > 0
+        self.state[2:] = torch.where(fresh, self.state[:2], self.state[2:])
+        self.state[:2] = 0
+
+
+# =========================================================================================================
+# EMA of weights, through torch.optim.swa_utils
+# =========================================================================================================
+def make_ema(model, decay):
+    """AveragedModel over parameters and buffers (BatchNorm statistics too). Warm-up: the n-th update uses
+    min(decay, (1+n)/(10+n)), so a 500-step run is not dominated by its random initialization."""
+    if decay == 0:
+        return None
+
+    def ema_update(ema_params, params, n_averaged):
+        if not torch.is_floating_point(ema_params[0]):  # num_batches_tracked
+            torch._foreach_copy_(ema_params, params)
+            return
+        d = torch.clamp((1.0 + n_averaged) / (10.0 + n_averaged), max=decay)
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+
+    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+
+
+# =========================================================================================================
+# Evaluation
+# =========================================================================================================
+@torch.no_grad()
+def evaluate(model, images, labels, batch_size):
+    """fp32, per-sample top-1/top-5 (%) and mean cross-entropy. Returns a dict of Python numbers."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct1 = correct5 = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), device=device)
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = labels[i:i + batch_size].to(device, non_blocking=True)
+        logits = model(x).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 = correct1 + (top[:, 0] == y).sum()
+        correct5 = correct5 + (top == y[:, None]).any(dim=1).sum()
+        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction='sum')
+    model.train(was_training)
+    n = max(len(images), 1)
+    c1, c5, loss = (t.item() for t in (correct1, correct5, loss_sum))
+    return {'top1': 100.0 * c1 / n, 'top5': 100.0 * c5 / n, 'loss': loss / n, 'correct': c1, 'count': len(images)}
+
+
+# =========================================================================================================
+# Data on the device
+# =========================================================================================================
+class IndexStream:
+    """Endless shuffled passes over range(n) on the device, `batch` indices at a time (epochs without
+    a DataLoader). Its state travels in checkpoints so a resumed run draws the same batches."""
+
+    def __init__(self, n, batch, device):
+        self.n, self.batch, self.device = n, batch, device
+        self.perm = torch.zeros(0, dtype=torch.long, device=device)
+        self.pos = 0
+
+    def next(self):
+        while self.pos + self.batch > len(self.perm):
+            self.perm = torch.cat([self.perm[self.pos:], torch.randperm(self.n, device=self.device)])
+            self.pos = 0
+        self.pos += self.batch
+        return self.perm[self.pos - self.batch:self.pos]
+
+    def state_dict(self):
+        return {'perm': self.perm.cpu(), 'pos': self.pos}
+
+    def load_state_dict(self, s):
+        self.perm, self.pos = s['perm'].to(self.device), s['pos']
+
+
+def pixel_stats(images):
+    """Per-channel mean and std in [0, 1] of uint8 images, computed in chunks."""
+    c = images.shape[1]
+    total, sq, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for i in range(0, len(images), 4096):
+        x = images[i:i + 4096].double().div_(255).transpose(0, 1).reshape(c, -1)
+        total += x.sum(1)
+        sq += (x * x).sum(1)
+        n += x.shape[1]
+    mean = total / n
+    std = (sq / n - mean * mean).clamp(min=1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def load_data(args):
+    """Dataset + split for these args. Returns (dataset, split)."""
+    ds = data.load_dataset(args.dataset, args.data_root, args.download, args.image_size, args.num_classes,
+                           args.cache_dir)
+    split = data.make_split(ds.train_labels.numpy(), len(ds.classes), args.n_labeled, args.n_val, args.split_seed)
+    return ds, split
+
+
+# =========================================================================================================
+# Run directory, checkpoints, logs
+# =========================================================================================================
+def git_sha():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=here, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or 'unknown'
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+
+
+def default_out(args, method_tag):
+    labels = args.n_labeled if args.n_labeled is not None else 'all'
+    name = (f'{args.method}-{args.dataset}-{labels}-{args.arch}-{args.loss}-lu{args.lambda_u:g}-{method_tag}'
+            f'-s{args.seed}')
+    return os.path.join('runs', name)
+
+
+def save_atomic(obj, path):
+    """Write to a temp file in the same folder, fsync, rename: a kill during the save leaves the old file."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UserError(f'checkpoint not found: {path}')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pickle, zip and weights_only errors all mean "not a usable checkpoint"
+        raise UserError(f'cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}') from None
+    missing = [k for k in ('ema', 'args', 'method', 'arch', 'num_classes') if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f'{path} is not a checkpoint of this release (missing {", ".join(missing)})')
+    return ckpt
+
+
+def load_weights(model, state, path):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f'{path}: weights do not fit the model ({str(e).splitlines()[0][:160]})') from None
+
+
+def rng_state():
+    return {'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s['torch'])
+    if s['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s['cuda'])
+
+
+class RunLog:
+    """<out>/log.jsonl (one JSON object per evaluation), TensorBoard under <out>/tb, and console output:
+    a progress bar with ETA on a terminal, plain lines otherwise."""
+
+    def __init__(self, out, start_step, total_steps):
+        from tensorboardX import SummaryWriter
+        self.path = os.path.join(out, 'log.jsonl')
+        if start_step > 0 and os.path.exists(self.path):  # drop lines a killed run wrote after its checkpoint
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)['step'] <= start_step]
+            with open(self.path, 'w') as f:
+                f.writelines(kept)
+        elif os.path.exists(self.path):
+            os.remove(self.path)
+        self.tb = SummaryWriter(os.path.join(out, 'tb'), purge_step=start_step if start_step > 0 else None)
+        self.bar = None
+        if sys.stdout.isatty():
+            from progress.bar import Bar
+            self.bar = Bar('train', max=total_steps, suffix='%(index)d/%(max)d  ETA %(eta_td)s')
+            self.bar.index = start_step
+
+    def progress(self, step, text):
+        if self.bar is not None:
+            self.bar.suffix = '%(index)d/%(max)d  ETA %(eta_td)s  ' + text.replace('%', '%%')
+            self.bar.goto(step)
+        else:
+            print(f'step {step}  {text}', flush=True)
+
+    def tick(self):
+        if self.bar is not None:
+            self.bar.next()
+
+    def write(self, record):
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k != 'step' and v is not None and math.isfinite(v):
+                self.tb.add_scalar(k, v, record['step'])
+        self.tb.flush()
+        if self.bar is not None:
+            print(file=sys.stdout)
+        print('eval ' + '  '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
+                                  for k, v in record.items() if v is not None), flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.finish()
+        self.tb.close()
+
+
+class Meter:
+    """Sums of per-step device scalars; read (one host sync) only at log intervals."""
+
+    def __init__(self):
+        self.sums, self.steps, self.t0 = {}, 0, time.perf_counter()
+
+    def add(self, **values):
+        for k, v in values.items():
+            self.sums[k] = self.sums[k] + v.detach().float() if k in self.sums else v.detach().float()
+        self.steps += 1
+
+    def peek(self):
+        """Window means as Python floats, and ms per step (one host sync)."""
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).cpu().tolist() if keys else []
+        out = {k: v / max(self.steps, 1) for k, v in zip(keys, values)}
+        out['ms_per_step'] = 1000 * (time.perf_counter() - self.t0) / max(self.steps, 1)
+        return out
+
+    def read(self):
+        """peek(), then start a new window."""
+        out = self.peek()
+        self.sums, self.steps = {}, 0
+        return out
+
+    def restart_clock(self):
+        """Exclude evaluation and checkpoint time from ms_per_step."""
+        self.t0 = time.perf_counter()
+
+
+def fail(message):
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)

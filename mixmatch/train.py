@@ -1,0 +1,303 @@
+"""MixMatch (Berthelot et al. 2019) as the paper's baseline: every unlabeled image trains. K augmentations of
+each unlabeled image are guessed (mean softmax, sharpened), then labeled and unlabeled images are mixed up
+and trained with cross-entropy on the labeled rows and an MSE on the unlabeled rows, whose weight ramps up
+linearly over --rampup-steps.
+
+    python mixmatch/train.py                                  # MixMatch, MSE, lambda_u 75 (session 405)
+    python mixmatch/train.py --evaluate runs/<run>/best.pt    # test top-1/top-5 of a checkpoint
+
+`diff mixmatch/train.py fixed/train.py` and `diff mixmatch/train.py adaptive/train.py` show what the
+thresholded methods change: the pseudo-label policy, its flags, and the unlabeled-loss defaults.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere: the folder is self-contained
+
+import torch
+import torch.nn.functional as F
+
+import augment
+import common
+from models import UserError, build_model
+
+METHOD = 'mixmatch'
+
+
+# =========================================================================================================
+# Flags
+# =========================================================================================================
+def get_args(argv=None):
+    parser = common.OneLineParser(description=__doc__, parents=[common.get_args_parser()],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = parser.add_argument_group('pseudo-label policy: none (every unlabeled image trains)')
+    g.add_argument('--rampup-steps', type=int, default=16000,
+                   help='steps over which the unlabeled loss weight rises linearly from 0 to --lambda-u (paper: '
+                        '16000, MixMatch\'s 16 "epochs" of 1024 steps; 0 = no ramp-up)')
+    parser.set_defaults(loss='mse')
+    args = parser.parse_args(argv)
+    if args.rampup_steps < 0:
+        raise UserError(f'--rampup-steps {args.rampup_steps} must be >= 0')
+    return common.finish_args(args, METHOD)
+
+
+def run_tag(args):
+    """The flags of this method that name its default run directory."""
+    return f'rampup{args.rampup_steps}'
+
+
+# =========================================================================================================
+# Pseudo-label policy: which unlabeled images train, and with what weight
+# =========================================================================================================
+def pseudo_label_mask(mean_prob, sharpened, train_acc, val_acc, args):
+    """Keep every image. Returns (keep: bool B_u, threshold in force: 0, confidence: max mean prob, B_u)."""
+    confidence = mean_prob.max(dim=1).values
+    return torch.ones_like(confidence, dtype=torch.bool), torch.zeros_like(confidence[0]), confidence
+
+
+def lambda_u_at(step, args):
+    """Unlabeled loss weight at `step` (steps completed): linear ramp-up from 0, exact at 0 and rampup_steps."""
+    if args.rampup_steps == 0:
+        return args.lambda_u
+    return args.lambda_u * min(step, args.rampup_steps) / args.rampup_steps
+
+
+# =========================================================================================================
+# One training step (identical in the three scripts)
+# =========================================================================================================
+def train_step(model, ema, optimizer, rt, batch, train_acc, val_acc, step, args):
+    x_l, y_l, x_u, y_u_hidden = batch
+    B, Bu, C, K = len(x_l), len(x_u), args.num_classes, args.K
+    cl = torch.channels_last
+
+    # Label guessing: K augmentations of every unlabeled image, mean softmax, sharpened.
+    u_aug = torch.cat([augment.augment(x_u, args.augment_kind) for _ in range(K)]).contiguous(memory_format=cl)
+    with torch.no_grad(), rt.autocast():
+        mean_prob = torch.softmax(model(u_aug).float(), dim=1).view(K, Bu, C).mean(dim=0)
+    guess = common.sharpen(mean_prob, args.T)
+    keep, threshold, confidence = pseudo_label_mask(mean_prob, guess, train_acc, val_acc, args)
+
+    # MixUp over [labeled, unlabeled x K]; unkept unlabeled rows only mix among themselves and get no loss.
+    x = torch.cat([augment.augment(x_l, args.augment_kind), u_aug])
+    targets = torch.cat([F.one_hot(y_l, C).float(), guess.repeat(K, 1)])
+    valid = torch.cat([torch.ones(B, dtype=torch.bool, device=x.device), keep.repeat(K)])
+    if args.drop_unkept:  # the original's formulation: variable batch shape, one host sync
+        rows = valid.nonzero().squeeze(1)
+        x, targets, valid = x[rows], targets[rows], valid[rows]
+    lam = common.sample_mixup_lambda(args.alpha, x.device)
+    partner = common.mixup_partner(valid)
+    x_mix = (lam * x + (1 - lam) * x[partner]).contiguous(memory_format=cl)
+    t_mix = lam * targets + (1 - lam) * targets[partner]
+
+    with rt.autocast():
+        logits = model(x_mix).float()
+    loss_x = common.soft_cross_entropy(logits[:B], t_mix[:B]).mean()
+    loss_u = common.unlabeled_loss(logits[B:], t_mix[B:], valid[B:], args.loss)
+    loss = loss_x + lambda_u_at(step, args) * loss_u
+
+    optimizer.zero_grad(set_to_none=True)
+    if rt.scaler is not None:
+        rt.scaler.scale(loss).backward()
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    if ema is not None:
+        ema.update_parameters(model)
+
+    # Train accuracy from logits the step already has: each mixed labeled row is >= 50% its own image.
+    train_acc.add((logits[:B].argmax(dim=1) == y_l).sum(), B)
+    known = keep & (y_u_hidden >= 0)
+    num, den = train_acc.fraction()
+    return {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(),
+            'mask_ratio': keep.float().mean(), 'threshold': threshold, 'confidence': confidence.mean(),
+            'pl_correct': ((guess.argmax(dim=1) == y_u_hidden) & known).sum(), 'pl_count': known.sum(),
+            'train_acc': 100.0 * num / den}
+
+
+# =========================================================================================================
+# Main: data, model, loop, evaluation, checkpoints (identical in the three scripts)
+# =========================================================================================================
+def make_optimizer(model, args, device):
+    fused = {'fused': True} if device.type in ('cuda', 'cpu') else {}
+    if args.optimizer == 'adam':
+        return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, **fused)
+    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd, **fused)
+
+
+def evaluate_checkpoint(args, rt):
+    """--evaluate PATH: rebuild data and model from the checkpoint's args, print fp32 test top-1/top-5."""
+    ckpt = common.load_checkpoint(args.evaluate)
+    a = argparse.Namespace(**ckpt['args'])
+    a.data_root = args.data_root or a.data_root
+    a.download, a.cache_dir = args.download, args.cache_dir
+    a.num_classes = None  # the data says how many classes it has; compared with the checkpoint's below
+    ds, split = common.load_data(a)
+    if len(ds.classes) != ckpt['num_classes']:
+        raise UserError(f'{args.evaluate}: trained on {ckpt["num_classes"]} classes, the data has {len(ds.classes)}')
+    channels = ds.train_images.shape[1]  # the normalization statistics come from the checkpoint
+    model = rt.prepare(build_model(a.arch, ckpt['num_classes'], channels, (0.5,) * channels, (0.5,) * channels,
+                                   a.bn_momentum))
+    common.load_weights(model, ckpt['ema'], args.evaluate)
+    if ds.test_images is not None:
+        r, name = common.evaluate(model, ds.test_images, ds.test_labels, a.eval_batch_size), 'test'
+    else:  # the NSML layout has no labeled test set
+        val = torch.from_numpy(split['val'])
+        r, name = common.evaluate(model, ds.train_images[val], ds.train_labels[val], a.eval_batch_size), 'val'
+    print(f'{name} top-1 {r["top1"]:.2f} top-5 {r["top5"]:.2f}')
+
+
+def main(args):
+    rt = common.Runtime(args.device, args.amp)
+    if args.evaluate:
+        return evaluate_checkpoint(args, rt)
+
+    # ---- run directory and resume: decided before anything is written
+    out = args.out or common.default_out(args, run_tag(args))
+    ckpt_path = os.path.join(out, 'checkpoint.pt')
+    if args.resume == 'auto':
+        resume = ckpt_path if os.path.isfile(ckpt_path) else None
+    else:
+        resume = args.resume
+        if resume is None and os.path.isdir(out) and os.listdir(out):
+            raise UserError(f'run directory {out} is not empty: pass --resume auto to continue it, or another --out')
+    ckpt = common.load_checkpoint(resume) if resume else None
+    if ckpt is not None:
+        for key, mine in (('method', METHOD), ('arch', args.arch)):
+            if ckpt[key] != mine:
+                raise UserError(f'--resume {resume}: checkpoint is {key} {ckpt[key]!r}, this run is {mine!r}')
+
+    print(f'git {common.git_sha()}  torch {torch.__version__}  device {rt.describe()}  amp {rt.precision}')
+    print('args ' + ' '.join(f'{k}={v}' for k, v in sorted(vars(args).items())), flush=True)
+
+    # ---- data: uint8 tensors on the training device
+    common.seed_everything(args.seed)
+    ds, split = common.load_data(args)
+    args.num_classes = len(ds.classes)
+    if ckpt is not None and ckpt['num_classes'] != args.num_classes:
+        raise UserError(f'--resume {resume}: checkpoint has {ckpt["num_classes"]} classes, the data {args.num_classes}')
+    if len(split['unlabeled']) == 0:
+        raise UserError('no unlabeled images left: lower --n-labeled / --n-val or add unlabeled images')
+    dev = rt.device
+    take = lambda idx: (ds.train_images[idx].to(dev), ds.train_labels[idx].to(dev))
+    (x_lab, y_lab), (x_unl, y_unl), (x_val, y_val) = (take(torch.from_numpy(split[k]))
+                                                      for k in ('labeled', 'unlabeled', 'val'))
+    x_test, y_test = (ds.test_images.to(dev), ds.test_labels.to(dev)) if ds.test_images is not None else (None, None)
+    args.augment_kind = augment.choose(args.augment, ds.train_images.shape[-1])
+    print(f'data {args.dataset}: {len(x_lab)} labeled, {len(x_unl)} unlabeled, {len(x_val)} val, '
+          f'{0 if x_test is None else len(x_test)} test, {args.num_classes} classes, '
+          f'{tuple(ds.train_images.shape[1:])} images, augment {args.augment_kind}', flush=True)
+
+    # ---- model, EMA, optimizer
+    mean, std = common.pixel_stats(ds.train_images)
+    model = rt.prepare(build_model(args.arch, args.num_classes, ds.train_images.shape[1], mean, std, args.bn_momentum,
+                                   args.pretrained, args.download))
+    ema = common.make_ema(model, args.ema_decay)
+    eval_model = model if ema is None else ema.module
+    optimizer = make_optimizer(model, args, dev)
+    streams = {'labeled': common.IndexStream(len(x_lab), args.batch_size, dev),
+               'unlabeled': common.IndexStream(len(x_unl), args.unlabeled_batch_size, dev)}
+    train_acc = common.TrainAccuracy(dev)
+    val_acc = (torch.zeros((), dtype=torch.long, device=dev), torch.ones((), dtype=torch.long, device=dev))
+    step, best, history = 0, None, []
+    if ckpt is not None:
+        common.load_weights(model, ckpt['model'], resume)
+        if ema is not None:
+            common.load_weights(ema.module, ckpt['ema'], resume)
+            ema.n_averaged.fill_(ckpt['ema_n_averaged'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        for name, s in streams.items():
+            s.load_state_dict(ckpt['streams'][name])
+        train_acc.state.copy_(ckpt['train_acc'])
+        val_acc = tuple(torch.tensor(v, device=dev) for v in ckpt['val_acc'])
+        step, best, history = ckpt['step'], ckpt['best'], ckpt['history']
+        common.set_rng_state(ckpt['rng'])
+        derived = ('resume', 'out', 'num_classes', 'augment_kind')
+        changed = sorted(k for k, v in ckpt['args'].items() if k not in derived and vars(args).get(k) != v)
+        print(f'resumed {resume} at step {step}' + (f' (flags changed: {", ".join(changed)})' if changed else ''))
+
+    # ---- the run directory is written from here on
+    os.makedirs(out, exist_ok=True)
+    if ckpt is None:
+        with open(os.path.join(out, 'split.json'), 'w') as f:
+            json.dump({k: v.tolist() for k, v in split.items()} | {'split_seed': args.split_seed}, f)
+    log = common.RunLog(out, step, args.steps)
+    meta = {'git_sha': common.git_sha(), 'torch': str(torch.__version__), 'device': rt.describe(), 'amp': rt.precision}
+
+    def checkpoint_dict():
+        return {'model': model.state_dict(), 'ema': eval_model.state_dict(),
+                'ema_n_averaged': 0 if ema is None else int(ema.n_averaged), 'optimizer': optimizer.state_dict(),
+                'step': step, 'args': dict(vars(args)), 'method': METHOD, 'arch': args.arch,
+                'num_classes': args.num_classes, 'classes': list(ds.classes), 'rng': common.rng_state(),
+                'streams': {k: s.state_dict() for k, s in streams.items()}, 'train_acc': train_acc.state.cpu(),
+                'val_acc': [int(v) for v in val_acc], 'best': best, 'history': history, 'meta': meta}
+
+    # ---- training loop: metrics stay on the device until a print or evaluation
+    meter = common.Meter()
+    first_nonfinite = torch.full((), -1, dtype=torch.long, device=dev)
+    model.train()
+    while step < args.steps:
+        if step > 0 and step % args.acc_window == 0:
+            train_acc.new_window()
+        i_l, i_u = streams['labeled'].next(), streams['unlabeled'].next()
+        batch = (x_lab[i_l], y_lab[i_l], x_unl[i_u], y_unl[i_u])
+        m = train_step(model, ema, optimizer, rt, batch, train_acc, val_acc, step, args)
+        first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(m['loss']), step + 1, first_nonfinite)
+        meter.add(**m)
+        step += 1
+        log.tick()
+        at_eval = step % args.eval_every == 0 or step == args.steps
+        if step % args.print_every == 0 or at_eval:
+            bad = int(first_nonfinite)
+            if bad >= 0:
+                print(f'error: non-finite loss at step {bad}; stopping. The last checkpoint in {out} is from before '
+                      f'it (try a lower --lr or --lambda-u, or --amp off)', file=sys.stderr)
+                sys.exit(1)
+            w = meter.peek()
+            log.progress(step, f'loss_x {w["loss_x"]:.3f}  loss_u {w["loss_u"]:.4f}  mask {w["mask_ratio"]:.2f}  '
+                               f'train_acc {w["train_acc"]:.1f}  {w["ms_per_step"]:.0f} ms/step')
+        if not at_eval:
+            continue
+
+        # ---- evaluation (EMA weights, fp32) and checkpoints
+        w = meter.read()
+        record = {'step': step, 'loss_x': w['loss_x'], 'loss_u': w['loss_u'], 'lambda_u': lambda_u_at(step - 1, args),
+                  'mask_ratio': w['mask_ratio'], 'threshold': w['threshold'],
+                  'pseudo_label_acc': 100.0 * w['pl_correct'] / w['pl_count'] if w['pl_count'] > 0 else None,
+                  'confidence': w['confidence'], 'train_acc': w['train_acc']}
+        for name, (x, y) in (('val', (x_val, y_val)), ('test', (x_test, y_test))):
+            r = common.evaluate(eval_model, x, y, args.eval_batch_size) if x is not None and len(x) else None
+            record |= {f'{name}_top1': r and r['top1'], f'{name}_top5': r and r['top5'], f'{name}_loss': r and r['loss']}
+            if name == 'val' and r is not None:
+                val_acc = (torch.tensor(r['correct'], device=dev), torch.tensor(max(r['count'], 1), device=dev))
+        record['ms_per_step'] = w['ms_per_step']
+        log.write(record)
+        if record['test_top1'] is not None:
+            history = (history + [[record['test_top1'], record['test_top5']]])[-20:]
+        if best is None or record['val_top1'] is None or record['val_top1'] > best['val_top1']:
+            best = {k: record[k] for k in ('step', 'val_top1', 'val_top5', 'test_top1', 'test_top5')}
+            common.save_atomic({'ema': eval_model.state_dict(), 'args': dict(vars(args)), 'metrics': best,
+                                'method': METHOD, 'arch': args.arch, 'num_classes': args.num_classes,
+                                'classes': list(ds.classes), 'meta': meta}, os.path.join(out, 'best.pt'))
+        common.save_atomic(checkpoint_dict(), ckpt_path)
+        meter.restart_clock()
+    log.close()
+
+    # ---- summary
+    print(f'done: {step} steps in {out}')
+    if best is not None and history:
+        med = [statistics.median(h[i] for h in history) for i in (0, 1)]
+        print(f'best val top-1 {best["val_top1"]:.2f} at step {best["step"]}: test top-1 {best["test_top1"]:.2f} '
+              f'top-5 {best["test_top5"]:.2f}; median of last {len(history)} evals: test top-1 {med[0]:.2f} '
+              f'top-5 {med[1]:.2f}')
+
+
+if __name__ == '__main__':
+    try:
+        main(get_args())
+    except UserError as e:
+        common.fail(str(e))

@@ -1,0 +1,79 @@
+"""Shared helpers: the shared modules are imported from mixmatch/ (the copies are identical, test_copies.py
+checks), each method's train.py is loaded under its own module name, and tiny image folders are written
+on the fly so the scripts can be run end to end in seconds."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ('mixmatch', 'fixed', 'adaptive')
+sys.path.insert(0, os.path.join(REPO, 'mixmatch'))
+
+
+def load_train(method):
+    """The method's train.py as module `train_<method>`."""
+    name = f'train_{method}'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, method, 'train.py'))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def run_script(method, *args, cwd=None, timeout=300):
+    """Run `python <method>/train.py args...` on the CPU; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', CUDA_VISIBLE_DEVICES='')
+    return subprocess.run([sys.executable, os.path.join(REPO, method, 'train.py'), *map(str, args)],
+                          cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_png(path, seed, size=16):
+    from PIL import Image
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g)
+    Image.fromarray(pixels.numpy()).save(path)
+
+
+def make_plain_folder(root, classes=('cat', 'dog', 'fox'), per_class=12, unlabeled=24, test_per_class=4, size=16):
+    """labeled/<class>/*.png, unlabeled/*.png, test/<class>/*.png with random pixels whose mean brightness
+    depends on the class (so a few steps of training can move accuracy)."""
+    seed = 0
+    for split, n in (('labeled', per_class), ('test', test_per_class)):
+        for c in classes:
+            for i in range(n):
+                seed += 1
+                write_png(os.path.join(root, split, c, f'{i}.png'), seed, size)
+    for i in range(unlabeled):
+        seed += 1
+        write_png(os.path.join(root, 'unlabeled', f'u{i}.png'), seed, size)
+    return root
+
+
+def make_nsml_folder(root, labels, size=16, header='instance_id\tlabel\tfile_name'):
+    """The original NSML layout: train/train_label (TSV, header line) and train/train_data/<file>."""
+    rows = [header]
+    for i, label in enumerate(labels):
+        name = f'img{i}.png'
+        write_png(os.path.join(root, 'train', 'train_data', name), i, size)
+        rows.append(f'{i}\t{label}\t{name}')
+    with open(os.path.join(root, 'train', 'train_label'), 'w') as f:
+        f.write('\n'.join(rows) + '\n')
+    return root
+
+
+@pytest.fixture
+def plain_folder(tmp_path):
+    return make_plain_folder(str(tmp_path / 'images'))
+
+
+def tiny_run_args(data_root, out, cache, steps=4, eval_every=2):
+    """Flags for a seconds-long CPU run on a tiny image folder."""
+    return ['--dataset', 'folder', '--data-root', data_root, '--image-size', 16, '--n-val', 6, '--batch-size', 8,
+            '--steps', steps, '--eval-every', eval_every, '--print-every', 1, '--acc-window', 2,
+            '--out', out, '--cache-dir', cache, '--device', 'cpu']

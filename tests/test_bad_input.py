@@ -1,0 +1,89 @@
+"""Every error a user can cause: exit code 2, one line on stderr naming the problem, no traceback, and
+nothing in an existing run directory modified."""
+import hashlib
+import os
+
+import pytest
+
+from conftest import make_nsml_folder, make_plain_folder, run_script, tiny_run_args, write_png
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    """A finished tiny run (adaptive) plus data folders, good and bad."""
+    top = tmp_path_factory.mktemp('bad')
+    w = {'cache': str(top / 'cache'), 'images': make_plain_folder(str(top / 'images')), 'run': str(top / 'run')}
+    r = run_script('adaptive', *tiny_run_args(w['images'], w['run'], w['cache']))
+    assert r.returncode == 0, r.stderr
+    w['nsml_bad_row'] = make_nsml_folder(str(top / 'nsml_bad_row'), [0, 1, 2] * 4)
+    with open(os.path.join(w['nsml_bad_row'], 'train', 'train_label'), 'a') as f:
+        f.write('99\t1\n')
+    w['nsml_bad_label'] = make_nsml_folder(str(top / 'nsml_bad_label'), [0, 1, 2] * 4 + [5])
+    w['corrupt'] = make_plain_folder(str(top / 'corrupt'), per_class=3, unlabeled=3, test_per_class=0)
+    with open(os.path.join(w['corrupt'], 'unlabeled', 'torn.jpg'), 'wb') as f:
+        f.write(b'\xff\xd8\xff\xe0 truncated')
+    w['not_ckpt'] = str(top / 'notes.pt')
+    with open(w['not_ckpt'], 'w') as f:
+        f.write('not a checkpoint')
+    w['empty'] = str(top / 'empty')
+    os.makedirs(w['empty'])
+    return w
+
+
+def snapshot(folder):
+    out = {}
+    for dirpath, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            out[p] = (hashlib.sha256(open(p, 'rb').read()).hexdigest(), os.stat(p).st_mtime_ns)
+    return out
+
+
+# (method, flags, expected fragment of the one stderr line). {x} is filled from the `world` fixture;
+# unless a case sets its own --out/--resume, it runs against the finished run with --resume auto.
+CASES = [
+    ('fixed', ['--threshold', '0'], '--threshold 0.0 must be in (0, 1]'),
+    ('fixed', ['--threshold', '1.5'], '--threshold 1.5 must be in (0, 1]'),
+    ('adaptive', ['--min-th', '-0.1'], '--min-th -0.1 must be in [0, 1]'),
+    ('adaptive', ['--min-th', '1.2'], '--min-th 1.2 must be in [0, 1]'),
+    ('mixmatch', ['--lambda-u', '-1'], '--lambda-u must be >= 0'),
+    ('mixmatch', ['--rampup-steps', '-5'], '--rampup-steps -5 must be >= 0'),
+    ('adaptive', ['--n-labeled', '2'], '--n-labeled 2 is smaller than the number of classes (3)'),
+    ('adaptive', ['--n-labeled', '500'], '--n-labeled 500 is more than the 30 labeled images left'),
+    ('adaptive', ['--batch-size', '0'], '--batch-size must be at least 1'),
+    ('adaptive', ['--unlabeled-batch-size', '0'], '--unlabeled-batch-size must be at least 1'),
+    ('adaptive', ['--steps', 'ten'], "argument --steps: invalid int value: 'ten'"),
+    ('adaptive', ['--no-such-flag'], 'unrecognized arguments: --no-such-flag'),
+    ('adaptive', ['--arch', 'vgg16'], "argument --arch: invalid choice: 'vgg16'"),
+    ('adaptive', ['--amp', 'fp16'], '--amp fp16 needs CUDA'),
+    ('adaptive', ['--dataset', 'fashion_mnist', '--data-root', '{empty}'], 'Fashion-MNIST not found in {empty}'),
+    ('adaptive', ['--dataset', 'cifar10', '--data-root', '{empty}'], 'cifar10 not found: expected {empty}/cifar-10-batches-py'),
+    ('adaptive', ['--data-root', '{empty}'], 'is neither the NSML layout'),
+    ('adaptive', ['--data-root', '{nsml_bad_row}'], 'line 14: expected 3 tab-separated fields'),
+    ('adaptive', ['--data-root', '{nsml_bad_label}', '--num-classes', '3'], 'line 14: label 5 outside the class range [0, 3)'),
+    ('adaptive', ['--data-root', '{corrupt}'], 'cannot decode image {corrupt}/unlabeled/torn.jpg'),
+    ('adaptive', ['--arch', 'wrn28_8'], "checkpoint is arch 'wrn28_2', this run is 'wrn28_8'"),
+    ('fixed', [], "checkpoint is method 'adaptive', this run is 'fixed'"),
+    ('adaptive', ['--resume', '{not_ckpt}'], 'cannot load checkpoint {not_ckpt}'),
+    ('adaptive', ['--resume', '{empty}/nothing.pt'], 'checkpoint not found: {empty}/nothing.pt'),
+    ('adaptive', ['--resume', None], 'is not empty: pass --resume auto to continue it'),
+    ('mixmatch', ['--evaluate', '{not_ckpt}'], 'cannot load checkpoint {not_ckpt}'),
+    ('adaptive', ['--evaluate', '{run}/best.pt', '--data-root', '{nsml_bad_label}'], 'trained on 3 classes, the data has 6'),
+]
+
+
+@pytest.mark.parametrize('method,flags,expected', CASES, ids=[c[2][:40] for c in CASES])
+def test_bad_input_exits_2_with_one_line(world, method, flags, expected):
+    flags = [f.format(**world) if isinstance(f, str) else f for f in flags]
+    args = tiny_run_args(world['images'], world['run'], world['cache']) + ['--resume', 'auto'] + flags
+    if None in args:  # '--resume', None: a new run into the existing directory, without --resume
+        while '--resume' in args:
+            i = args.index('--resume')
+            del args[i:i + 2]
+    before = snapshot(world['run'])
+    r = run_script(method, *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert expected.format(**world) in lines[0]
+    assert snapshot(world['run']) == before

@@ -1,0 +1,124 @@
+"""The scripts end to end on tiny data: what a run writes, resume, --evaluate, and the canonical call."""
+import json
+import os
+import re
+
+import pytest
+import torch
+
+import common
+from conftest import METHODS, load_train, make_plain_folder, run_script, tiny_run_args
+
+LOG_KEYS = {'step', 'loss_x', 'loss_u', 'lambda_u', 'mask_ratio', 'threshold', 'pseudo_label_acc', 'confidence',
+            'train_acc', 'val_top1', 'val_top5', 'test_top1', 'test_top5', 'ms_per_step'}
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    return make_plain_folder(str(tmp_path_factory.mktemp('data') / 'images'))
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_script_trains_and_writes_its_run_directory(method, images, tmp_path):
+    out = str(tmp_path / 'run')
+    r = run_script(method, *tiny_run_args(images, out, tmp_path / 'cache'))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r'^git \S+ +torch', r.stdout, re.M) and 'args K=2' in r.stdout
+    files = set(os.listdir(out))
+    assert {'checkpoint.pt', 'best.pt', 'log.jsonl', 'split.json', 'tb'} <= files
+    assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(out, 'tb')))
+    records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    assert [r['step'] for r in records] == [2, 4]
+    assert all(LOG_KEYS <= set(r) for r in records)
+    assert all(0 <= r['mask_ratio'] <= 1 and 0 <= r['test_top1'] <= 100 for r in records)
+    ckpt = torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)
+    assert {'model', 'ema', 'optimizer', 'step', 'args', 'method', 'arch', 'num_classes', 'classes', 'rng',
+            'train_acc'} <= set(ckpt)
+    assert ckpt['step'] == 4 and ckpt['method'] == method and ckpt['classes'] == ['cat', 'dog', 'fox']
+    best = torch.load(os.path.join(out, 'best.pt'), weights_only=True)
+    assert {'ema', 'args', 'metrics', 'method', 'arch', 'num_classes', 'classes'} <= set(best)
+    split = json.load(open(os.path.join(out, 'split.json')))
+    assert len(split['labeled']) == 30 and len(split['val']) == 6 and len(split['unlabeled']) == 24
+    if method == 'mixmatch':
+        assert records[0]['mask_ratio'] == 1.0 and records[0]['threshold'] == 0.0
+
+
+def test_resume_continues_from_the_saved_step_exactly(images, tmp_path):
+    """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit (CPU, default flags)."""
+    cache = tmp_path / 'cache'
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    assert run_script('adaptive', *tiny_run_args(images, straight, cache, steps=6)).returncode == 0
+    assert run_script('adaptive', *tiny_run_args(images, split, cache, steps=4)).returncode == 0
+    r = run_script('adaptive', *tiny_run_args(images, split, cache, steps=6), '--resume', 'auto')
+    assert r.returncode == 0, r.stderr
+    assert 'resumed' in r.stdout and 'at step 4' in r.stdout
+    a = torch.load(os.path.join(straight, 'checkpoint.pt'), weights_only=True)
+    b = torch.load(os.path.join(split, 'checkpoint.pt'), weights_only=True)
+    assert b['step'] == 6
+    for key in ('model', 'ema'):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f'{key}.{name}'
+    assert [json.loads(x)['step'] for x in open(os.path.join(split, 'log.jsonl'))] == [2, 4, 6]
+
+
+def test_evaluate_reproduces_the_best_checkpoint_metrics(images, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run_script('fixed', *tiny_run_args(images, out, tmp_path / 'cache')).returncode == 0
+    metrics = torch.load(os.path.join(out, 'best.pt'), weights_only=True)['metrics']
+    for method in METHODS:  # any script evaluates any method's checkpoint
+        r = run_script(method, '--evaluate', os.path.join(out, 'best.pt'), '--cache-dir', tmp_path / 'cache',
+                       '--device', 'cpu')
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f'test top-1 {metrics["test_top1"]:.2f} top-5 {metrics["test_top5"]:.2f}'
+
+
+def test_canonical_call_runs_on_fashion_mnist_offline(tmp_path):
+    """python adaptive/train.py --min-th 0.5 --lambda-u 1 --loss ce, shortened, from the Debian package."""
+    r = run_script('adaptive', '--min-th', 0.5, '--lambda-u', 1, '--loss', 'ce', '--steps', 2, '--eval-every', 2,
+                   '--n-val', 100, '--device', 'cpu', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'data fashion_mnist: 250 labeled, 59650 unlabeled, 100 val, 10000 test, 10 classes' in r.stdout
+    run = tmp_path / 'runs' / 'adaptive-fashion_mnist-250-wrn28_2-ce-lu1-minth0.5-trainacc-unsharpened-s0'
+    assert (run / 'best.pt').exists()
+    assert re.search(r'test top-1 \d+\.\d\d top-5 \d+\.\d\d', r.stdout)
+
+
+def tiny_step_setup(method, flags):
+    train = load_train(method)
+    args = train.get_args(flags + ['--device', 'cpu', '--amp', 'off'])
+    args.num_classes, args.augment_kind = 3, 'padcrop'
+    torch.manual_seed(0)
+    rt = common.Runtime('cpu', 'off')
+    model = rt.prepare(common.models.build_model('wrn28_2', 3, 3, (0.5,) * 3, (0.25,) * 3, 0.01))
+    optimizer = train.make_optimizer(model, args, rt.device)
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g), torch.tensor([0, 1, 2] * 2 + [0, 1]),
+             torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g), torch.full((8,), -1))
+    return train, args, rt, model, optimizer, batch
+
+
+def test_a_step_with_no_kept_sample_trains_on_the_labeled_batch():
+    train, args, rt, model, optimizer, batch = tiny_step_setup('fixed', ['--threshold', '1.0'])
+    before = [p.detach().clone() for p in model.parameters()]
+    acc = common.TrainAccuracy(rt.device)
+    m = train.train_step(model, None, optimizer, rt, batch, acc, None, 0, args)
+    assert m['mask_ratio'].item() == 0.0 and m['loss_u'].item() == 0.0
+    assert torch.isfinite(m['loss']) and m['loss'].item() == pytest.approx(m['loss_x'].item())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert int(acc.state[1]) == 8                                      # the labeled rows were counted
+
+
+def test_masking_equals_dropping_except_for_batchnorm_statistics(monkeypatch):
+    """The default (unkept rows stay in the batch, masked out of mixup and loss) and --drop-unkept (the
+    original's variable batch) compute the same losses once BatchNorm uses running statistics."""
+    keep = torch.tensor([True, False, False, True, True, False, False, False])
+    losses = []
+    for flags in ([], ['--drop-unkept']):
+        train, args, rt, model, optimizer, batch = tiny_step_setup('fixed', ['--alpha', '0'] + flags)
+        monkeypatch.setattr(train, 'pseudo_label_mask',
+                            lambda p, q, acc, val, args: (keep, torch.tensor(0.5), p.max(dim=1).values))
+        model.eval()
+        m = train.train_step(model, None, optimizer, rt, batch, common.TrainAccuracy(rt.device), None, 0, args)
+        losses.append((m['loss_x'].item(), m['loss_u'].item(), m['mask_ratio'].item()))
+    assert losses[0][1] > 0 and losses[0][2] == 3 / 8
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
