@@ -48,6 +48,8 @@ def get_args(argv=None):
     args = parser.parse_args(argv)
     if not 0 <= args.min_th <= 1:
         raise UserError(f'--min-th {args.min_th} must be in [0, 1]')
+    if args.acc_source == 'val' and args.n_val == 0:
+        raise UserError('--acc-source val needs a validation set (--n-val > 0)')
     return common.finish_args(args, METHOD)
 
 
@@ -290,7 +292,7 @@ def main(args):
             if name == 'val' and r is not None:
                 val_acc = (torch.tensor(r['correct'], device=dev), torch.tensor(max(r['count'], 1), device=dev))
         record['ms_per_step'] = w['ms_per_step']
-        log.write(record)
+        log.write(record | meta)
         if record['test_top1'] is not None:
             history = (history + [[record['test_top1'], record['test_top5']]])[-20:]
         if best is None or record['val_top1'] is None or record['val_top1'] > best['val_top1']:

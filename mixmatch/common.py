@@ -436,7 +436,7 @@ class RunLog:
         self.bar = None
         if sys.stdout.isatty():
             from progress.bar import Bar
-            self.bar = Bar('train', max=total_steps, suffix='%(index)d/%(max)d  ETA %(eta_td)s')
+            self.bar = Bar('train', max=total_steps, suffix='%(index)d/%(max)d  ETA %(eta_td)s', file=sys.stdout)
             self.bar.index = start_step
 
     def progress(self, step, text):
@@ -460,7 +460,7 @@ class RunLog:
         if self.bar is not None:
             print(file=sys.stdout)
         print('eval ' + '  '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
-                                  for k, v in record.items() if v is not None), flush=True)
+                                  for k, v in record.items() if isinstance(v, (int, float))), flush=True)
 
     def close(self):
         if self.bar is not None:

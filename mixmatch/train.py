@@ -275,7 +275,7 @@ def main(args):
             if name == 'val' and r is not None:
                 val_acc = (torch.tensor(r['correct'], device=dev), torch.tensor(max(r['count'], 1), device=dev))
         record['ms_per_step'] = w['ms_per_step']
-        log.write(record)
+        log.write(record | meta)
         if record['test_top1'] is not None:
             history = (history + [[record['test_top1'], record['test_top5']]])[-20:]
         if best is None or record['val_top1'] is None or record['val_top1'] > best['val_top1']:

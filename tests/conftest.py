@@ -25,9 +25,9 @@ def load_train(method):
     return sys.modules[name]
 
 
-def run_script(method, *args, cwd=None, timeout=300):
+def run_script(method, *args, cwd=None, timeout=300, env=None):
     """Run `python <method>/train.py args...` on the CPU; returns the CompletedProcess."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1', CUDA_VISIBLE_DEVICES='')
+    env = dict(os.environ, PYTHONUNBUFFERED='1', CUDA_VISIBLE_DEVICES='', **(env or {}))
     return subprocess.run([sys.executable, os.path.join(REPO, method, 'train.py'), *map(str, args)],
                           cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -56,6 +56,9 @@ CASES = [
     ('adaptive', ['--no-such-flag'], 'unrecognized arguments: --no-such-flag'),
     ('adaptive', ['--arch', 'vgg16'], "argument --arch: invalid choice: 'vgg16'"),
     ('adaptive', ['--amp', 'fp16'], '--amp fp16 needs CUDA'),
+    ('adaptive', ['--acc-source', 'val', '--n-val', '0'], '--acc-source val needs a validation set'),
+    ('adaptive', ['--arch', 'resnet18', '--pretrained', '--out', '{empty}/new'], 'ImageNet weights for resnet18 are not in the torch cache'),
+    ('adaptive', ['--pretrained'], 'there are no ImageNet weights for wrn28_2'),
     ('adaptive', ['--dataset', 'fashion_mnist', '--data-root', '{empty}'], 'Fashion-MNIST not found in {empty}'),
     ('adaptive', ['--dataset', 'cifar10', '--data-root', '{empty}'], 'cifar10 not found: expected {empty}/cifar-10-batches-py'),
     ('adaptive', ['--data-root', '{empty}'], 'is neither the NSML layout'),
@@ -81,7 +84,7 @@ def test_bad_input_exits_2_with_one_line(world, method, flags, expected):
             i = args.index('--resume')
             del args[i:i + 2]
     before = snapshot(world['run'])
-    r = run_script(method, *args)
+    r = run_script(method, *args, env={'TORCH_HOME': world['empty']})  # no ImageNet weights cached there
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
