@@ -72,7 +72,7 @@ def lambda_u_at(step, args):
 def train_step(model, ema, optimizer, rt, batch, train_acc, val_acc, step, args):
     x_l, y_l, x_u, y_u_hidden = batch
     B, Bu, C, K = len(x_l), len(x_u), args.num_classes, args.K
-    cl = torch.channels_last
+    cl = rt.memory_format
 
     # Label guessing: K augmentations of every unlabeled image, mean softmax, sharpened.
     u_aug = torch.cat([augment.augment(x_u, args.augment_kind) for _ in range(K)]).contiguous(memory_format=cl)
@@ -153,7 +153,7 @@ def evaluate_checkpoint(args, rt):
 
 
 def main(args):
-    rt = common.Runtime(args.device, args.amp)
+    rt = common.Runtime(args.device, args.amp, args.compile)
     if args.evaluate:
         return evaluate_checkpoint(args, rt)
 
@@ -199,6 +199,7 @@ def main(args):
                                    args.pretrained, args.download))
     ema = common.make_ema(model, args.ema_decay)
     eval_model = model if ema is None else ema.module
+    net = rt.compile(model)  # runs the training forward passes; shares its parameters with `model`
     optimizer = make_optimizer(model, args, dev)
     streams = {'labeled': common.IndexStream(len(x_lab), args.batch_size, dev),
                'unlabeled': common.IndexStream(len(x_unl), args.unlabeled_batch_size, dev)}
@@ -244,9 +245,10 @@ def main(args):
     while step < args.steps:
         if step > 0 and step % args.acc_window == 0:
             train_acc.new_window()
+        rt.step_begin()
         i_l, i_u = streams['labeled'].next(), streams['unlabeled'].next()
         batch = (x_lab[i_l], y_lab[i_l], x_unl[i_u], y_unl[i_u])
-        m = train_step(model, ema, optimizer, rt, batch, train_acc, val_acc, step, args)
+        m = train_step(net, ema, optimizer, rt, batch, train_acc, val_acc, step, args)
         first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(m['loss']), step + 1, first_nonfinite)
         meter.add(**m)
         step += 1

@@ -56,6 +56,8 @@ CASES = [
     ('adaptive', ['--no-such-flag'], 'unrecognized arguments: --no-such-flag'),
     ('adaptive', ['--arch', 'vgg16'], "argument --arch: invalid choice: 'vgg16'"),
     ('adaptive', ['--amp', 'fp16'], '--amp fp16 needs CUDA'),
+    ('adaptive', ['--compile', 'reduce-overhead'], '--compile reduce-overhead (CUDA graphs) needs CUDA'),
+    ('fixed', ['--compile', 'default', '--drop-unkept'], 'it cannot be combined with --compile'),
     ('adaptive', ['--acc-source', 'val', '--n-val', '0'], '--acc-source val needs a validation set'),
     ('adaptive', ['--arch', 'resnet18', '--pretrained', '--out', '{empty}/new'], 'ImageNet weights for resnet18 are not in the torch cache'),
     ('adaptive', ['--pretrained'], 'there are no ImageNet weights for wrn28_2'),

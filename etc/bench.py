@@ -1,0 +1,176 @@
+"""Time the real training step of each method, as the scripts run it, on synthetic uint8 data resident on
+the device: the same IndexStream sampling, gather, on-device augmentation and train_step() as
+<method>/train.py, after warm-up, with a device synchronization around every timed step.
+
+    python etc/bench.py --device cpu                       # this CPU: plain fp32 vs bf16 + channels_last
+    python etc/bench.py --device cpu --compile             # + torch.compile (inductor) rows, slow to compile
+    python etc/bench.py --device cuda --json bench.json    # GPU: + compiled rows with CUDA graphs
+
+Each configuration prints median ms/step, steps/s, images/s (labeled + unlabeled images drawn per step),
+the data share (index sampling, gather and the K+1 augmentations alone, timed separately), peak device
+memory (CUDA only: the CPU allocator keeps no such count), FLOPs per step (torch.utils.flop_counter: the
+guess forward and the training forward + backward) and the TFLOP/s they imply. The first row of each
+method/shape is the plain eager fp32 NCHW path of the same code, and every row reports its speed-up over it,
+so the ratio is measured on one machine at one time.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ('mixmatch', 'fixed', 'adaptive')
+sys.path.insert(0, os.path.join(REPO, 'mixmatch'))  # the shared modules (identical in the three folders)
+
+import augment  # noqa: E402
+import common  # noqa: E402
+from models import build_model  # noqa: E402
+
+
+def load_train(method):
+    spec = importlib.util.spec_from_file_location(f'train_{method}', os.path.join(REPO, method, 'train.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_shape(text):
+    h, w, c = (int(v) for v in text.lower().split('x'))
+    return c, h, w
+
+
+def configs(device, want_compile):
+    """(precision, channels_last, compile mode): the plain path first, then the fast ones."""
+    rows = [('fp32', False, 'off'), ('fp32', True, 'off'), ('bf16', False, 'off'), ('bf16', True, 'off')]
+    if device == 'cuda' or want_compile:
+        rows.append(('bf16', True, 'default'))
+    if device == 'cuda':
+        rows.append(('bf16', True, 'reduce-overhead'))
+    return rows
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def bench_one(method, shape, precision, channels_last, compile_mode, a):
+    train = load_train(method)
+    args = train.get_args(['--arch', a.arch, '--batch-size', str(a.batch), '--device', a.device, '--amp',
+                           {'fp32': 'off'}.get(precision, precision), '--compile', compile_mode])
+    c, h, w = shape
+    args.num_classes, args.augment_kind = 10, augment.choose('auto', h)
+    rt = common.Runtime(args.device, args.amp, args.compile, channels_last=channels_last)
+    dev = rt.device
+    torch.manual_seed(0)
+    model = rt.prepare(build_model(args.arch, 10, c, (0.5,) * c, (0.25,) * c, args.bn_momentum))
+    ema = common.make_ema(model, args.ema_decay)
+    net = rt.compile(model)
+    optimizer = train.make_optimizer(model, args, dev)
+    g = torch.Generator().manual_seed(0)
+    x_lab = torch.randint(0, 256, (a.batch * 4, c, h, w), dtype=torch.uint8, generator=g).to(dev)
+    y_lab = torch.randint(0, 10, (a.batch * 4,), generator=g).to(dev)
+    x_unl = torch.randint(0, 256, (a.batch * 16, c, h, w), dtype=torch.uint8, generator=g).to(dev)
+    y_unl = torch.randint(0, 10, (a.batch * 16,), generator=g).to(dev)
+    streams = (common.IndexStream(len(x_lab), args.batch_size, dev),
+               common.IndexStream(len(x_unl), args.unlabeled_batch_size, dev))
+    train_acc = common.TrainAccuracy(dev)
+    train_acc.add(torch.tensor(4, device=dev), 5)  # 80%: the adaptive policy keeps a realistic share
+    val_acc = (torch.tensor(4, device=dev), torch.tensor(5, device=dev))
+    model.train()
+
+    def draw():
+        i_l, i_u = streams[0].next(), streams[1].next()
+        return x_lab[i_l], y_lab[i_l], x_unl[i_u], y_unl[i_u]
+
+    def step(i):
+        train.train_step(net, ema, optimizer, rt, draw(), train_acc, val_acc, i, args)
+
+    for i in range(a.warmup):
+        step(i)
+    sync(dev)
+    if dev.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(a.steps):
+        t0 = time.perf_counter()
+        step(a.warmup + i)
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    data_times = []
+    for _ in range(a.steps):  # the data part alone: sampling, gather, K + 1 augmentations
+        t0 = time.perf_counter()
+        b = draw()
+        for _ in range(args.K):
+            augment.augment(b[2], args.augment_kind)
+        augment.augment(b[0], args.augment_kind)
+        sync(dev)
+        data_times.append(time.perf_counter() - t0)
+    flops = None
+    if compile_mode == 'off':  # FLOPs of the computation, counted once on the eager path
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(0)
+        flops = counter.get_total_flops()
+    ms = 1000 * statistics.median(times)
+    return {'method': method, 'device': rt.describe(), 'arch': args.arch, 'batch': args.batch_size,
+            'shape': f'{h}x{w}x{c}', 'precision': precision, 'compile': compile_mode != 'off',
+            'compile_mode': compile_mode, 'channels_last': channels_last, 'ms_per_step': ms,
+            'steps_per_s': 1000 / ms, 'images_per_s': (args.batch_size + args.unlabeled_batch_size) * 1000 / ms,
+            'data_ms': 1000 * statistics.median(data_times),
+            'peak_mem_bytes': torch.cuda.max_memory_allocated() if dev.type == 'cuda' else None,
+            'flops_per_step': flops, 'torch': str(torch.__version__)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
+    p.add_argument('--methods', default=','.join(METHODS), help='comma-separated subset of mixmatch,fixed,adaptive')
+    p.add_argument('--arch', default='wrn28_2')
+    p.add_argument('--batch', type=int, default=64, help='labeled = unlabeled batch size (MixMatch: 64)')
+    p.add_argument('--shapes', default=None,
+                   help='comma-separated HxWxC (default: 28x28x1 on CPU, 32x32x3 and 28x28x1 on CUDA)')
+    p.add_argument('--steps', type=int, default=None, help='timed steps per configuration (default CPU 8, CUDA 100)')
+    p.add_argument('--warmup', type=int, default=None, help='untimed steps first (default CPU 3, CUDA 30)')
+    p.add_argument('--compile', action='store_true', help='add torch.compile rows on the CPU (always on CUDA)')
+    p.add_argument('--json', default=None, metavar='PATH', help='also write the rows as a JSON list')
+    a = p.parse_args()
+    cuda = a.device == 'cuda'
+    if cuda and not torch.cuda.is_available():
+        sys.exit('error: --device cuda: no CUDA device is available')
+    a.steps = a.steps or (100 if cuda else 8)
+    a.warmup = a.warmup or (30 if cuda else 3)
+    shapes = [parse_shape(s) for s in (a.shapes or ('32x32x3,28x28x1' if cuda else '28x28x1')).split(',')]
+    print(f'torch {torch.__version__}, {common.Runtime(a.device, "off").describe()}, {a.arch}, batch {a.batch}+{a.batch}, '
+          f'{a.steps} timed steps after {a.warmup} warm-up, median')
+    header = (f'{"method":9} {"shape":8} {"prec":4} {"layout":6} {"compile":15} {"ms/step":>8} {"steps/s":>8} '
+              f'{"img/s":>7} {"data%":>6} {"peakMiB":>8} {"GFLOP":>7} {"TFLOP/s":>8} {"speedup":>8}')
+    print(header)
+    rows = []
+    for method in a.methods.split(','):
+        for shape in shapes:
+            base, flops = None, None
+            for precision, cl, mode in configs(a.device, a.compile):
+                r = bench_one(method, shape, precision, cl, mode, a)
+                flops = r['flops_per_step'] or flops
+                r['flops_per_step'] = flops
+                base = base or r['ms_per_step']
+                rows.append(r)
+                mem = f'{r["peak_mem_bytes"] / 2**20:8.0f}' if r['peak_mem_bytes'] is not None else f'{"-":>8}'
+                print(f'{method:9} {r["shape"]:8} {precision:4} {"cl" if cl else "nchw":6} {mode:15} '
+                      f'{r["ms_per_step"]:8.1f} {r["steps_per_s"]:8.2f} {r["images_per_s"]:7.0f} '
+                      f'{100 * r["data_ms"] / r["ms_per_step"]:5.1f}% {mem} {flops / 1e9:7.1f} '
+                      f'{flops / r["ms_per_step"] / 1e9:8.2f} {base / r["ms_per_step"]:7.2f}x', flush=True)
+    if a.json:
+        with open(a.json, 'w') as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
