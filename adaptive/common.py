@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
@@ -89,9 +90,12 @@ def get_args_parser(add_help=False):
     g.add_argument('--wd', type=float, default=None,
                    help='weight decay (default adam 0.02, i.e. MixMatch\'s 0.02*lr per step; sgd 4e-4 as the original)')
     g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (original: 0.9)')
-    g.add_argument('--batch-size', type=int, default=64, help='labeled images per step (original: 20)')
+    g.add_argument('--batch-size', type=int, default=64,
+                   help='labeled images per step and per process: under torchrun the global batch is N times this '
+                        '(original: 20)')
     g.add_argument('--unlabeled-batch-size', type=int, default=None,
-                   help='unlabeled images per step, before the K augmentations (default --batch-size; original: 50)')
+                   help='unlabeled images per step and per process, before the K augmentations (default '
+                        '--batch-size; original: 50)')
     g.add_argument('--ema-decay', type=float, default=0.999,
                    help='EMA of weights used for evaluation, decay per step, warmed up as min(decay, (1+n)/(10+n)); '
                         '0 = evaluate the raw weights (the original had no EMA)')
@@ -165,7 +169,13 @@ def finish_args(args, method):
 # Device and precision: the one place that decides them
 # =========================================================================================================
 class Runtime:
+    """Device, precision, compilation and processes. Under torchrun (WORLD_SIZE > 1) every process trains
+    on its own device (cuda:LOCAL_RANK, or the CPU with gloo) and gradients are averaged by DDP."""
+
     def __init__(self, device='auto', amp='auto', compile='off', channels_last=True):
+        self.world = int(os.environ.get('WORLD_SIZE', 1))
+        self.rank = int(os.environ.get('RANK', 0))
+        self.is_main = self.rank == 0
         if device == 'auto':
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         if device == 'cuda' and not torch.cuda.is_available():
@@ -176,16 +186,67 @@ class Runtime:
             raise UserError('--amp fp16 needs CUDA; use --amp bf16 or off on the CPU')
         if compile == 'reduce-overhead' and device != 'cuda':
             raise UserError('--compile reduce-overhead (CUDA graphs) needs CUDA; use --compile default on the CPU')
+        if device == 'cuda' and self.world > 1:
+            device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
+            torch.cuda.set_device(device)
         self.device = torch.device(device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
         self.precision = amp
         self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'off': None}[amp]
         self.scaler = torch.amp.GradScaler('cuda') if amp == 'fp16' else None
         self.compile_mode = compile
         # channels_last: 1.2-1.5x faster convolutions on CPU (oneDNN) and on CUDA tensor cores
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if device == 'cuda':
+        if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
+
+    # ---- processes (all no-ops in a single process)
+    def all_gather(self, t):
+        """Concatenation over processes, rank-major."""
+        if self.world == 1:
+            return t
+        out = torch.empty((self.world * t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
+        gather = getattr(dist, 'all_gather_single', None) or dist.all_gather_into_tensor  # torch < 2.14: the latter
+        gather(out, t.contiguous())
+        return out
+
+    def all_reduce(self, t, op='sum'):
+        if self.world > 1:
+            dist.all_reduce(t, {'sum': dist.ReduceOp.SUM, 'min': dist.ReduceOp.MIN, 'max': dist.ReduceOp.MAX}[op])
+        return t
+
+    def gather_objects(self, obj):
+        """[obj of rank 0, obj of rank 1, ...] on every process."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def ddp(self, model):
+        """DDP wrapper (gradients averaged in backward; BatchNorm statistics are each process's own, rank 0's
+        broadcast at every forward; no SyncBatchNorm), or the model itself in a single process."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
 
     def autocast(self):
         if self.dtype is None:
@@ -209,9 +270,10 @@ class Runtime:
             torch.compiler.cudagraph_mark_step_begin()
 
     def describe(self):
+        procs = f', {self.world} processes' if self.world > 1 else ''
         if self.device.type == 'cuda':
-            return f'cuda ({torch.cuda.get_device_name(self.device)})'
-        return f'cpu ({torch.get_num_threads()} threads)'
+            return f'cuda ({torch.cuda.get_device_name(self.device)}{procs})'
+        return f'cpu ({torch.get_num_threads()} threads{procs})'
 
 
 # =========================================================================================================
@@ -271,6 +333,7 @@ class TrainAccuracy:
         self.state = torch.zeros(4, dtype=torch.long, device=device)  # correct, seen, seed_correct, seed_seen
 
     def add(self, correct, seen):
+        """correct, seen: counts of one step (tensors or ints), already summed over processes."""
         self.state[0] += correct
         self.state[1] += seen
 
@@ -416,11 +479,15 @@ def default_out(args, method_tag):
 def save_atomic(obj, path):
     """Write to a temp file in the same folder, fsync, rename: a kill during the save leaves the old file."""
     tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_checkpoint(path):
@@ -458,7 +525,10 @@ class RunLog:
     """<out>/log.jsonl (one JSON object per evaluation), TensorBoard under <out>/tb, and console output:
     a progress bar with ETA on a terminal, plain lines otherwise."""
 
-    def __init__(self, out, start_step, total_steps):
+    def __init__(self, out, start_step, total_steps, enabled=True):
+        self.enabled = enabled
+        if not enabled:  # processes other than rank 0 write nothing
+            return
         from tensorboardX import SummaryWriter
         self.path = os.path.join(out, 'log.jsonl')
         if start_step > 0 and os.path.exists(self.path):  # drop lines a killed run wrote after its checkpoint
@@ -476,6 +546,8 @@ class RunLog:
             self.bar.index = start_step
 
     def progress(self, step, text):
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.suffix = '%(index)d/%(max)d  ETA %(eta_td)s  ' + text.replace('%', '%%')
             self.bar.goto(step)
@@ -483,10 +555,12 @@ class RunLog:
             print(f'step {step}  {text}', flush=True)
 
     def tick(self):
-        if self.bar is not None:
+        if self.enabled and self.bar is not None:
             self.bar.next()
 
     def write(self, record):
+        if not self.enabled:
+            return
         with open(self.path, 'a') as f:
             f.write(json.dumps(record) + '\n')
         for k, v in record.items():
@@ -499,16 +573,19 @@ class RunLog:
                                   for k, v in record.items() if isinstance(v, (int, float))), flush=True)
 
     def close(self):
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.finish()
         self.tb.close()
 
 
 class Meter:
-    """Sums of per-step device scalars; read (one host sync) only at log intervals."""
+    """Sums of per-step device scalars; read (one host sync, and one all-reduce across processes) only at
+    print and evaluation intervals."""
 
-    def __init__(self):
-        self.sums, self.steps, self.t0 = {}, 0, time.perf_counter()
+    def __init__(self, rt):
+        self.rt, self.sums, self.steps, self.t0 = rt, {}, 0, time.perf_counter()
 
     def add(self, **values):
         for k, v in values.items():
@@ -516,10 +593,10 @@ class Meter:
         self.steps += 1
 
     def peek(self):
-        """Window means as Python floats, and ms per step (one host sync)."""
+        """Window means over steps and processes as Python floats, and ms per step."""
         keys = list(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]).cpu().tolist() if keys else []
-        out = {k: v / max(self.steps, 1) for k, v in zip(keys, values)}
+        values = self.rt.all_reduce(torch.stack([self.sums[k] for k in keys])).cpu().tolist() if keys else []
+        out = {k: v / max(self.steps, 1) / self.rt.world for k, v in zip(keys, values)}
         out['ms_per_step'] = 1000 * (time.perf_counter() - self.t0) / max(self.steps, 1)
         return out
 
@@ -535,7 +612,9 @@ class Meter:
 
 
 def fail(message):
-    print(f'error: {message}', file=sys.stderr)
+    """One line on stderr (from the first process only under torchrun), exit code 2."""
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(f'error: {message}', file=sys.stderr)
     sys.exit(2)
 
 

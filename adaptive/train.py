@@ -12,8 +12,10 @@ mixup or the unlabeled loss, which is a soft cross-entropy with weight 1.
 its flags, and the unlabeled-loss defaults.
 """
 import argparse
+import hashlib
 import json
 import os
+import signal
 import statistics
 import sys
 
@@ -61,17 +63,19 @@ def run_tag(args):
 # =========================================================================================================
 # Pseudo-label policy: which unlabeled images train, and with what weight
 # =========================================================================================================
-def pseudo_label_mask(mean_prob, sharpened, train_acc, val_acc, args):
+def pseudo_label_mask(mean_prob, sharpened, train_acc, val_acc, rt, args):
     """Keep the k = floor(B_u * acc) most confident images (ties: lower index first) that also have
     confidence >= --min-th. acc is the running train top-1 (or last val top-1), exact integer arithmetic.
+    Under torchrun the ranking runs over the confidences of all processes (B_u = the global batch).
     Returns (keep: bool B_u, threshold in force: the lowest kept confidence or 1 if none, confidence: B_u)."""
     confidence = (mean_prob if args.confidence == 'unsharpened' else sharpened).max(dim=1).values
+    everyone = rt.all_gather(confidence)
     num, den = train_acc.fraction() if args.acc_source == 'train' else val_acc
-    k = (len(confidence) * num) // den
-    ranked = confidence.sort(descending=True, stable=True)
-    rank = torch.empty_like(ranked.indices)
-    rank[ranked.indices] = torch.arange(len(confidence), device=confidence.device)
-    keep = (rank < k) & (confidence >= args.min_th)
+    k = (len(everyone) * num) // den
+    ranked = everyone.sort(descending=True, stable=True)
+    position = torch.empty_like(ranked.indices)
+    position[ranked.indices] = torch.arange(len(everyone), device=everyone.device)
+    keep = ((position < k) & (everyone >= args.min_th)).view(rt.world, -1)[rt.rank]
     kth = ranked.values.gather(0, (k - 1).clamp(min=0).view(1)).squeeze(0)
     threshold = torch.where(k > 0, kth.clamp(min=args.min_th), torch.ones_like(kth))
     return keep, threshold, confidence
@@ -95,7 +99,7 @@ def train_step(model, ema, optimizer, rt, batch, train_acc, val_acc, step, args)
     with torch.no_grad(), rt.autocast():
         mean_prob = torch.softmax(model(u_aug).float(), dim=1).view(K, Bu, C).mean(dim=0)
     guess = common.sharpen(mean_prob, args.T)
-    keep, threshold, confidence = pseudo_label_mask(mean_prob, guess, train_acc, val_acc, args)
+    keep, threshold, confidence = pseudo_label_mask(mean_prob, guess, train_acc, val_acc, rt, args)
 
     # MixUp over [labeled, unlabeled x K]; unkept unlabeled rows only mix among themselves and get no loss.
     x = torch.cat([augment.augment(x_l, args.augment_kind), u_aug])
@@ -127,7 +131,8 @@ def train_step(model, ema, optimizer, rt, batch, train_acc, val_acc, step, args)
         ema.update_parameters(model)
 
     # Train accuracy from logits the step already has: each mixed labeled row is >= 50% its own image.
-    train_acc.add((logits[:B].argmax(dim=1) == y_l).sum(), B)
+    correct = (logits[:B].argmax(dim=1) == y_l).sum()
+    train_acc.add(*rt.all_reduce(torch.stack([correct, torch.full_like(correct, B)])))
     known = keep & (y_u_hidden >= 0)
     num, den = train_acc.fraction()
     return {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(),
@@ -165,13 +170,23 @@ def evaluate_checkpoint(args, rt):
     else:  # the NSML layout has no labeled test set
         val = torch.from_numpy(split['val'])
         r, name = common.evaluate(model, ds.train_images[val], ds.train_labels[val], a.eval_batch_size), 'val'
-    print(f'{name} top-1 {r["top1"]:.2f} top-5 {r["top5"]:.2f}')
+    if rt.is_main:
+        print(f'{name} top-1 {r["top1"]:.2f} top-5 {r["top5"]:.2f}')
 
 
-def main(args):
-    rt = common.Runtime(args.device, args.amp, args.compile)
-    if args.evaluate:
-        return evaluate_checkpoint(args, rt)
+class StopRequest:
+    """SIGTERM (a scheduler's pre-emption, torchrun forwarding it) asks for a checkpoint and a clean exit."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self.handle)
+
+    def handle(self, signum, frame):
+        self.requested = True
+
+
+def train(args, rt):
+    say = print if rt.is_main else (lambda *a, **k: None)
 
     # ---- run directory and resume: decided before anything is written
     out = args.out or common.default_out(args, run_tag(args))
@@ -187,9 +202,10 @@ def main(args):
         for key, mine in (('method', METHOD), ('arch', args.arch)):
             if ckpt[key] != mine:
                 raise UserError(f'--resume {resume}: checkpoint is {key} {ckpt[key]!r}, this run is {mine!r}')
+    rt.barrier()  # every process has looked at the run directory before the first one writes to it
 
-    print(f'git {common.git_sha()}  torch {torch.__version__}  device {rt.describe()}  amp {rt.precision}')
-    print('args ' + ' '.join(f'{k}={v}' for k, v in sorted(vars(args).items())), flush=True)
+    say(f'git {common.git_sha()}  torch {torch.__version__}  device {rt.describe()}  amp {rt.precision}')
+    say('args ' + ' '.join(f'{k}={v}' for k, v in sorted(vars(args).items())), flush=True)
 
     # ---- data: uint8 tensors on the training device
     common.seed_everything(args.seed)
@@ -205,9 +221,9 @@ def main(args):
                                                       for k in ('labeled', 'unlabeled', 'val'))
     x_test, y_test = (ds.test_images.to(dev), ds.test_labels.to(dev)) if ds.test_images is not None else (None, None)
     args.augment_kind = augment.choose(args.augment, ds.train_images.shape[-1])
-    print(f'data {args.dataset}: {len(x_lab)} labeled, {len(x_unl)} unlabeled, {len(x_val)} val, '
-          f'{0 if x_test is None else len(x_test)} test, {args.num_classes} classes, '
-          f'{tuple(ds.train_images.shape[1:])} images, augment {args.augment_kind}', flush=True)
+    say(f'data {args.dataset}: {len(x_lab)} labeled, {len(x_unl)} unlabeled, {len(x_val)} val, '
+        f'{0 if x_test is None else len(x_test)} test, {args.num_classes} classes, '
+        f'{tuple(ds.train_images.shape[1:])} images, augment {args.augment_kind}', flush=True)
 
     # ---- model, EMA, optimizer
     mean, std = common.pixel_stats(ds.train_images)
@@ -215,8 +231,10 @@ def main(args):
                                    args.pretrained, args.download))
     ema = common.make_ema(model, args.ema_decay)
     eval_model = model if ema is None else ema.module
-    net = rt.compile(model)  # runs the training forward passes; shares its parameters with `model`
+    net = rt.compile(rt.ddp(model))  # runs the training forward passes; shares its parameters with `model`
     optimizer = make_optimizer(model, args, dev)
+    if rt.world > 1:  # each process draws its own batches and augmentations
+        common.seed_everything(args.seed * 1000 + rt.rank)
     streams = {'labeled': common.IndexStream(len(x_lab), args.batch_size, dev),
                'unlabeled': common.IndexStream(len(x_unl), args.unlabeled_batch_size, dev)}
     train_acc = common.TrainAccuracy(dev)
@@ -228,71 +246,61 @@ def main(args):
             common.load_weights(ema.module, ckpt['ema'], resume)
             ema.n_averaged.fill_(ckpt['ema_n_averaged'])
         optimizer.load_state_dict(ckpt['optimizer'])
-        for name, s in streams.items():
-            s.load_state_dict(ckpt['streams'][name])
+        for group in optimizer.param_groups:  # flags given now win over the saved ones
+            group['lr'], group['weight_decay'] = args.lr, args.wd
         train_acc.state.copy_(ckpt['train_acc'])
         val_acc = tuple(torch.tensor(v, device=dev) for v in ckpt['val_acc'])
         step, best, history = ckpt['step'], ckpt['best'], ckpt['history']
-        common.set_rng_state(ckpt['rng'])
+        if len(ckpt['rng']) == rt.world:
+            common.set_rng_state(ckpt['rng'][rt.rank])
+            for name, s in streams.items():
+                s.load_state_dict(ckpt['streams'][rt.rank][name])
+        else:
+            say(f'note: {resume} was written by {len(ckpt["rng"])} processes, this run has {rt.world}: sampling '
+                f'continues from fresh seeds, so the result will not be bit-identical to an uninterrupted run')
+            common.seed_everything(args.seed * 1000 + rt.rank + step)
         derived = ('resume', 'out', 'num_classes', 'augment_kind')
         changed = sorted(k for k, v in ckpt['args'].items() if k not in derived and vars(args).get(k) != v)
-        print(f'resumed {resume} at step {step}' + (f' (flags changed: {", ".join(changed)})' if changed else ''))
+        say(f'resumed {resume} at step {step}' + (f' (flags changed: {", ".join(changed)})' if changed else ''))
 
-    # ---- the run directory is written from here on
-    os.makedirs(out, exist_ok=True)
-    if ckpt is None:
-        with open(os.path.join(out, 'split.json'), 'w') as f:
-            json.dump({k: v.tolist() for k, v in split.items()} | {'split_seed': args.split_seed}, f)
-    log = common.RunLog(out, step, args.steps)
+    # ---- the run directory is written from here on (by the first process only)
+    if rt.is_main:
+        os.makedirs(out, exist_ok=True)
+        if ckpt is None:
+            with open(os.path.join(out, 'split.json'), 'w') as f:
+                json.dump({k: v.tolist() for k, v in split.items()} | {'split_seed': args.split_seed}, f)
+    log = common.RunLog(out, step, args.steps, enabled=rt.is_main)
     meta = {'git_sha': common.git_sha(), 'torch': str(torch.__version__), 'device': rt.describe(), 'amp': rt.precision}
 
-    def checkpoint_dict():
-        return {'model': model.state_dict(), 'ema': eval_model.state_dict(),
+    def save_checkpoint():
+        """Every process contributes its RNG and sampler state; the first one writes."""
+        states = rt.gather_objects({'rng': common.rng_state(), 'streams': {k: s.state_dict() for k, s in streams.items()}})
+        if rt.is_main:
+            common.save_atomic({
+                'model': model.state_dict(), 'ema': eval_model.state_dict(),
                 'ema_n_averaged': 0 if ema is None else int(ema.n_averaged), 'optimizer': optimizer.state_dict(),
                 'step': step, 'args': dict(vars(args)), 'method': METHOD, 'arch': args.arch,
-                'num_classes': args.num_classes, 'classes': list(ds.classes), 'rng': common.rng_state(),
-                'streams': {k: s.state_dict() for k, s in streams.items()}, 'train_acc': train_acc.state.cpu(),
-                'val_acc': [int(v) for v in val_acc], 'best': best, 'history': history, 'meta': meta}
+                'num_classes': args.num_classes, 'classes': list(ds.classes),
+                'rng': [s['rng'] for s in states], 'streams': [s['streams'] for s in states],
+                'train_acc': train_acc.state.cpu(), 'val_acc': [int(v) for v in val_acc], 'best': best,
+                'history': history, 'meta': meta}, ckpt_path)
 
-    # ---- training loop: metrics stay on the device until a print or evaluation
-    meter = common.Meter()
-    first_nonfinite = torch.full((), -1, dtype=torch.long, device=dev)
-    model.train()
-    while step < args.steps:
-        if step > 0 and step % args.acc_window == 0:
-            train_acc.new_window()
-        rt.step_begin()
-        i_l, i_u = streams['labeled'].next(), streams['unlabeled'].next()
-        batch = (x_lab[i_l], y_lab[i_l], x_unl[i_u], y_unl[i_u])
-        m = train_step(net, ema, optimizer, rt, batch, train_acc, val_acc, step, args)
-        first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(m['loss']), step + 1, first_nonfinite)
-        meter.add(**m)
-        step += 1
-        log.tick()
-        at_eval = step % args.eval_every == 0 or step == args.steps
-        if step % args.print_every == 0 or at_eval:
-            bad = int(first_nonfinite)
-            if bad >= 0:
-                print(f'error: non-finite loss at step {bad}; stopping. The last checkpoint in {out} is from before '
-                      f'it (try a lower --lr or --lambda-u, or --amp off)', file=sys.stderr)
-                sys.exit(1)
-            w = meter.peek()
-            log.progress(step, f'loss_x {w["loss_x"]:.3f}  loss_u {w["loss_u"]:.4f}  mask {w["mask_ratio"]:.2f}  '
-                               f'train_acc {w["train_acc"]:.1f}  {w["ms_per_step"]:.0f} ms/step')
-        if not at_eval:
-            continue
-
-        # ---- evaluation (EMA weights, fp32) and checkpoints
-        w = meter.read()
+    def evaluate_and_log(step, w):
+        """EMA weights, fp32, on the first process: log, best.pt. Returns the val (correct, count) for
+        --acc-source val, as every process will have it."""
+        nonlocal best, history
+        if not rt.is_main:
+            return None
         record = {'step': step, 'loss_x': w['loss_x'], 'loss_u': w['loss_u'], 'lambda_u': lambda_u_at(step - 1, args),
                   'mask_ratio': w['mask_ratio'], 'threshold': w['threshold'],
                   'pseudo_label_acc': 100.0 * w['pl_correct'] / w['pl_count'] if w['pl_count'] > 0 else None,
                   'confidence': w['confidence'], 'train_acc': w['train_acc']}
+        val_counts = [int(v) for v in val_acc]
         for name, (x, y) in (('val', (x_val, y_val)), ('test', (x_test, y_test))):
             r = common.evaluate(eval_model, x, y, args.eval_batch_size) if x is not None and len(x) else None
             record |= {f'{name}_top1': r and r['top1'], f'{name}_top5': r and r['top5'], f'{name}_loss': r and r['loss']}
             if name == 'val' and r is not None:
-                val_acc = (torch.tensor(r['correct'], device=dev), torch.tensor(max(r['count'], 1), device=dev))
+                val_counts = [r['correct'], max(r['count'], 1)]
         record['ms_per_step'] = w['ms_per_step']
         log.write(record | meta)
         if record['test_top1'] is not None:
@@ -302,17 +310,70 @@ def main(args):
             common.save_atomic({'ema': eval_model.state_dict(), 'args': dict(vars(args)), 'metrics': best,
                                 'method': METHOD, 'arch': args.arch, 'num_classes': args.num_classes,
                                 'classes': list(ds.classes), 'meta': meta}, os.path.join(out, 'best.pt'))
-        common.save_atomic(checkpoint_dict(), ckpt_path)
-        meter.restart_clock()
+        return val_counts
+
+    # ---- training loop: metrics stay on the device until a print or evaluation
+    meter = common.Meter(rt)
+    no_bad_step = args.steps + 1
+    first_nonfinite = torch.full((), no_bad_step, dtype=torch.long, device=dev)
+    stop = StopRequest()
+    model.train()
+    while step < args.steps:
+        if step > 0 and step % args.acc_window == 0:
+            train_acc.new_window()
+        rt.step_begin()
+        i_l, i_u = streams['labeled'].next(), streams['unlabeled'].next()
+        batch = (x_lab[i_l], y_lab[i_l], x_unl[i_u], y_unl[i_u])
+        m = train_step(net, ema, optimizer, rt, batch, train_acc, val_acc, step, args)
+        first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
+        meter.add(**m)
+        step += 1
+        log.tick()
+        at_eval = step % args.eval_every == 0 or step == args.steps
+        stopping = stop.requested and rt.world == 1  # several processes agree at print steps instead
+        if step % args.print_every == 0 or at_eval or stopping:
+            bad = int(rt.all_reduce(first_nonfinite.clone(), 'min'))
+            if bad != no_bad_step:
+                say(f'error: non-finite loss at step {bad}; stopping. The last checkpoint in {out} is from before '
+                    f'it (try a lower --lr or --lambda-u, or --amp off)', file=sys.stderr)
+                sys.exit(1)
+            if rt.world > 1:
+                stopping = bool(rt.all_reduce(torch.tensor(int(stop.requested), device=dev), 'max'))
+            w = meter.peek()
+            log.progress(step, f'loss_x {w["loss_x"]:.3f}  loss_u {w["loss_u"]:.4f}  mask {w["mask_ratio"]:.2f}  '
+                               f'train_acc {w["train_acc"]:.1f}  {w["ms_per_step"]:.0f} ms/step')
+        if at_eval:
+            evaluation = evaluate_and_log(step, meter.read())
+            val_acc = tuple(torch.tensor(v, device=dev) for v in rt.broadcast_object(evaluation))
+        if at_eval or stopping:
+            save_checkpoint()
+            meter.restart_clock()
+        if stopping and step < args.steps:
+            log.close()
+            say(f'stopped by SIGTERM after step {step}; checkpoint saved in {out}; continue with --resume auto')
+            return
     log.close()
 
     # ---- summary
-    print(f'done: {step} steps in {out}')
+    digest = hashlib.sha256(b''.join(p.detach().cpu().numpy().tobytes() for p in model.parameters())).hexdigest()
+    print(f'rank {rt.rank}/{rt.world} parameters sha256 {digest[:16]}', flush=True)
+    say(f'done: {step} steps in {out}')
     if best is not None and history:
         med = [statistics.median(h[i] for h in history) for i in (0, 1)]
-        print(f'best val top-1 {best["val_top1"]:.2f} at step {best["step"]}: test top-1 {best["test_top1"]:.2f} '
-              f'top-5 {best["test_top5"]:.2f}; median of last {len(history)} evals: test top-1 {med[0]:.2f} '
-              f'top-5 {med[1]:.2f}')
+        say(f'best val top-1 {best["val_top1"]:.2f} at step {best["step"]}: test top-1 {best["test_top1"]:.2f} '
+            f'top-5 {best["test_top5"]:.2f}; median of last {len(history)} evals: test top-1 {med[0]:.2f} '
+            f'top-5 {med[1]:.2f}')
+
+
+def main(args):
+    rt = common.Runtime(args.device, args.amp, args.compile)
+    try:
+        if args.evaluate:
+            evaluate_checkpoint(args, rt)
+        else:
+            train(args, rt)
+    finally:
+        rt.close()
 
 
 if __name__ == '__main__':

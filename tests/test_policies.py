@@ -5,6 +5,8 @@ import torch
 import common
 from conftest import load_train
 
+RT = common.Runtime('cpu', 'off')  # a single process
+
 
 def probs(confidences, num_classes=4):
     """Mean predictions whose max is the given confidence."""
@@ -22,7 +24,7 @@ def test_fixed_keeps_exactly_the_images_at_or_above_the_threshold():
     train = load_train('fixed')
     args = train.get_args(['--threshold', '0.8'])
     p = probs([0.9, 0.8, 0.79999, 0.5, 1.0])
-    keep, th, conf = train.pseudo_label_mask(p, common.sharpen(p, args.T), None, None, args)
+    keep, th, conf = train.pseudo_label_mask(p, common.sharpen(p, args.T), None, None, RT, args)
     assert keep.tolist() == [True, True, False, False, True]
     assert th.item() == torch.tensor(0.8).item()
 
@@ -31,7 +33,7 @@ def test_fixed_sharpened_confidence_keeps_more():
     train = load_train('fixed')
     args = train.get_args(['--threshold', '0.8', '--confidence', 'sharpened'])
     p = probs([0.6, 0.3])
-    keep, _, conf = train.pseudo_label_mask(p, common.sharpen(p, args.T), None, None, args)
+    keep, _, conf = train.pseudo_label_mask(p, common.sharpen(p, args.T), None, None, RT, args)
     assert conf[0] > 0.8 and keep.tolist() == [True, False]          # 0.6 sharpened at T=0.5 is ~0.84
 
 
@@ -40,11 +42,11 @@ def test_adaptive_keeps_floor_of_batch_times_accuracy_most_confident():
     args = train.get_args(['--min-th', '0.5'])
     conf = [0.95, 0.6, 0.99, 0.7, 0.55, 0.9, 0.65, 0.8, 0.75, 0.85]
     p = probs(conf)
-    keep, th, _ = train.pseudo_label_mask(p, p, accuracy(37, 100), None, args)   # floor(10 * 0.37) = 3
+    keep, th, _ = train.pseudo_label_mask(p, p, accuracy(37, 100), None, RT, args)   # floor(10 * 0.37) = 3
     assert keep.sum().item() == 3
     assert sorted(torch.tensor(conf)[keep].tolist(), reverse=True) == pytest.approx(sorted(conf, reverse=True)[:3])
     assert th.item() == torch.tensor(0.9).item()                                   # lowest kept confidence
-    keep, _, _ = train.pseudo_label_mask(p, p, accuracy(100, 100), None, args)
+    keep, _, _ = train.pseudo_label_mask(p, p, accuracy(100, 100), None, RT, args)
     assert keep.sum().item() == 10
 
 
@@ -52,7 +54,7 @@ def test_adaptive_floor_wins_over_accuracy():
     train = load_train('adaptive')
     args = train.get_args(['--min-th', '0.7'])
     p = probs([0.95, 0.6, 0.4, 0.72, 0.5])
-    keep, _, _ = train.pseudo_label_mask(p, p, accuracy(1, 1), None, args)        # k = 5, floor 0.7
+    keep, _, _ = train.pseudo_label_mask(p, p, accuracy(1, 1), None, RT, args)        # k = 5, floor 0.7
     assert keep.tolist() == [True, False, False, True, False]
 
 
@@ -60,10 +62,10 @@ def test_adaptive_keeps_nothing_before_any_accuracy_and_can_follow_val():
     train = load_train('adaptive')
     args = train.get_args([])
     p = probs([0.99, 0.98])
-    keep, th, _ = train.pseudo_label_mask(p, p, common.TrainAccuracy(torch.device('cpu')), None, args)
+    keep, th, _ = train.pseudo_label_mask(p, p, common.TrainAccuracy(torch.device('cpu')), None, RT, args)
     assert not keep.any() and th.item() == 1.0
     args = train.get_args(['--acc-source', 'val'])
-    keep, _, _ = train.pseudo_label_mask(p, p, accuracy(0, 1), (torch.tensor(1), torch.tensor(2)), args)
+    keep, _, _ = train.pseudo_label_mask(p, p, accuracy(0, 1), (torch.tensor(1), torch.tensor(2)), RT, args)
     assert keep.tolist() == [True, False]                                          # floor(2 * 1/2) = 1
 
 

@@ -116,7 +116,7 @@ def test_masking_equals_dropping_except_for_batchnorm_statistics(monkeypatch):
     for flags in ([], ['--drop-unkept']):
         train, args, rt, model, optimizer, batch = tiny_step_setup('fixed', ['--alpha', '0'] + flags)
         monkeypatch.setattr(train, 'pseudo_label_mask',
-                            lambda p, q, acc, val, args: (keep, torch.tensor(0.5), p.max(dim=1).values))
+                            lambda p, q, acc, val, rt, args: (keep, torch.tensor(0.5), p.max(dim=1).values))
         model.eval()
         m = train.train_step(model, None, optimizer, rt, batch, common.TrainAccuracy(rt.device), None, 0, args)
         losses.append((m['loss_x'].item(), m['loss_u'].item(), m['mask_ratio'].item()))
