@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 AUGMENTATIONS = ('auto', 'padcrop', 'rrc', 'none')
 RRC_MIN_SIZE = 64  # 'auto' uses random-resized-crop for images at least this many pixels on a side
+PAD_FRACTION = 1 / 8  # pad-crop shifts by up to this fraction of the side: MixMatch's 4 px on 32 px images
 
 
 def choose(name, image_size):
@@ -23,7 +24,7 @@ def choose(name, image_size):
 
 def augment(images, kind):
     if kind == 'padcrop':
-        return pad_crop_flip(images, pad=max(1, images.shape[-1] // 8))
+        return pad_crop_flip(images, pad=max(1, int(images.shape[-1] * PAD_FRACTION)))
     if kind == 'rrc':
         return random_resized_crop_flip(images)
     return images.float()

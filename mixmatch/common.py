@@ -362,8 +362,8 @@ class EMA(AveragedModel):
         mine = [*self.module.parameters(), *self.module.buffers()]
         theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
         floats = [i for i, t in enumerate(mine) if t.is_floating_point()]
+        counters = [i for i, t in enumerate(mine) if not t.is_floating_point()]  # BatchNorm's num_batches_tracked
         self.multi_avg_fn([mine[i].detach() for i in floats], [theirs[i] for i in floats], self.n_averaged)
-        counters = [i for i in range(len(mine)) if i not in set(floats)]  # BatchNorm's num_batches_tracked
         if counters:
             torch._foreach_copy_([mine[i].detach() for i in counters], [theirs[i] for i in counters])
         self.n_averaged += 1

@@ -69,6 +69,7 @@ CASES = [
     ('adaptive', ['--data-root', '{corrupt}'], 'cannot decode image {corrupt}/unlabeled/torn.jpg'),
     ('adaptive', ['--arch', 'wrn28_8'], "checkpoint is arch 'wrn28_2', this run is 'wrn28_8'"),
     ('fixed', [], "checkpoint is method 'adaptive', this run is 'fixed'"),
+    ('adaptive', ['--data-root', '{nsml_bad_label}'], 'checkpoint has 3 classes, the data 6'),
     ('adaptive', ['--resume', '{not_ckpt}'], 'cannot load checkpoint {not_ckpt}'),
     ('adaptive', ['--resume', '{empty}/nothing.pt'], 'checkpoint not found: {empty}/nothing.pt'),
     ('adaptive', ['--resume', None], 'is not empty: pass --resume auto to continue it'),
