@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import make_nsml_folder, make_plain_folder, run_script, tiny_run_args, write_png
+from conftest import make_nsml_folder, make_plain_folder, run_script, tiny_run_args
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,5 @@
 """The fast paths compute what the plain path computes: bf16 + channels_last vs fp32 NCHW within bf16
 tolerance, torch.compile vs eager with the same pseudo-label masks; and etc/bench.py's output format."""
-import copy
 import json
 import os
 import subprocess
