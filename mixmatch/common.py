@@ -532,8 +532,14 @@ class RunLog:
         from tensorboardX import SummaryWriter
         self.path = os.path.join(out, 'log.jsonl')
         if start_step > 0 and os.path.exists(self.path):  # drop lines a killed run wrote after its checkpoint
+            kept = []
             with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)['step'] <= start_step]
+                for line in f:
+                    try:
+                        if json.loads(line)['step'] <= start_step:
+                            kept.append(line.rstrip('\n') + '\n')
+                    except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+                        pass
             with open(self.path, 'w') as f:
                 f.writelines(kept)
         elif os.path.exists(self.path):

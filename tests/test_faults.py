@@ -61,6 +61,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(world):
     p.wait()
     assert p.returncode == -signal.SIGKILL
     assert torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)['step'] == 4  # the last evaluation
+    with open(os.path.join(out, 'log.jsonl'), 'a') as f:
+        f.write('{"step": 8, "loss_x": 0.5')                          # as if the kill cut a line short
     r = resume(world, out)
     assert 'at step 4' in r.stdout
     assert_same_weights(world['reference'], out)
