@@ -5,6 +5,7 @@ the device: the same IndexStream sampling, gather, on-device augmentation and tr
     python etc/bench.py --device cpu                       # this CPU: plain fp32 vs bf16 + channels_last
     python etc/bench.py --device cpu --compile             # + torch.compile (inductor) rows, slow to compile
     python etc/bench.py --device cuda --json bench.json    # GPU: + compiled rows with CUDA graphs
+    python etc/bench.py --device cpu --methods adaptive --profile   # + where the fast path's time goes
 
 Each configuration prints median ms/step, steps/s, images/s (labeled + unlabeled images drawn per step),
 the data share (index sampling, gather and the K+1 augmentations alone, timed separately), peak device
@@ -59,6 +60,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def profile_table(step, device, steps, rows=12):
+    """Share of the step's time per operator (torch.profiler, self time), the top `rows`."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(i)
+        sync(device)
+    events = [e for e in prof.key_averages() if e.key.startswith('aten::')]
+    attr = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    total = sum(getattr(e, attr) for e in events)
+    top = sorted(events, key=lambda e: -getattr(e, attr))[:rows]
+    return [(e.key, 100.0 * getattr(e, attr) / total) for e in top]
+
+
 def bench_one(method, shape, precision, channels_last, compile_mode, a):
     train = load_train(method)
     args = train.get_args(['--arch', a.arch, '--batch-size', str(a.batch), '--device', a.device, '--amp',
@@ -111,6 +127,10 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a):
         augment.augment(b[0], args.augment_kind)
         sync(dev)
         data_times.append(time.perf_counter() - t0)
+    if a.profile and precision == 'bf16' and channels_last and compile_mode == 'off':
+        print(f'profile of {method} {h}x{w}x{c} bf16 channels-last, {a.steps} steps, share of aten self time:')
+        for name, share in profile_table(step, dev, a.steps):
+            print(f'  {share:5.1f}%  {name}')
     flops = None
     if compile_mode == 'off':  # FLOPs of the computation, counted once on the eager path
         from torch.utils.flop_counter import FlopCounterMode
@@ -140,6 +160,8 @@ def main():
     p.add_argument('--warmup', type=int, default=None, help='untimed steps first (default CPU 3, CUDA 30)')
     p.add_argument('--compile', action='store_true', help='add torch.compile rows on the CPU (always on CUDA)')
     p.add_argument('--json', default=None, metavar='PATH', help='also write the rows as a JSON list')
+    p.add_argument('--profile', action='store_true',
+                   help='also print the operators that take the bf16 channels-last step\'s time (torch.profiler)')
     a = p.parse_args()
     cuda = a.device == 'cuda'
     if cuda and not torch.cuda.is_available():

@@ -59,7 +59,8 @@ def test_compiled_and_eager_keep_the_same_pseudo_labels(method, flags):
 def test_bench_writes_the_documented_json(tmp_path):
     out = tmp_path / 'bench.json'
     r = subprocess.run([sys.executable, os.path.join(REPO, 'etc', 'bench.py'), '--device', 'cpu', '--methods',
-                        'fixed', '--shapes', '8x8x1', '--batch', '8', '--steps', '2', '--warmup', '1', '--json', str(out)],
+                        'fixed', '--shapes', '8x8x1', '--batch', '8', '--steps', '2', '--warmup', '1', '--json', str(out),
+                        '--profile'],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = json.load(open(out))
@@ -72,3 +73,4 @@ def test_bench_writes_the_documented_json(tmp_path):
         assert x['ms_per_step'] > 0 and x['steps_per_s'] == pytest.approx(1000 / x['ms_per_step'])
         assert x['flops_per_step'] > 1e8                                  # WRN-28-2 on 8x8: ~0.4 GFLOP / step
     assert 'speedup' in r.stdout
+    assert 'aten::convolution_backward' in r.stdout.split('profile of fixed 8x8x1 bf16 channels-last')[1]
