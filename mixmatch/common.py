@@ -2,9 +2,11 @@
 EMA, train accuracy, evaluation, checkpoints, run directory and logs. Shared module (identical copies)."""
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -79,6 +81,10 @@ def get_args_parser(add_help=False):
     g.add_argument('--lambda-u', type=float, default=None,
                    help='unlabeled loss weight (default 75 with --loss mse, MixMatch\'s CIFAR value; the paper used '
                         '150 with 265 classes; 1 with --loss ce, the paper\'s)')
+    g.add_argument('--labeled-only', action='store_true',
+                   help='baseline: the same step on the labeled images alone (augmentation, mixup among them, EMA); '
+                        'no unlabeled image is guessed or trained on (the original\'s "only supervised" sessions '
+                        '458-465). --lambda-u 0 is not this: its unlabeled images still enter mixup')
     g.add_argument('--drop-unkept', action='store_true',
                    help='remove unkept unlabeled images from the batch (as the original, variable shapes) instead '
                         'of masking them out of mixup and loss; the two differ only in BatchNorm batch statistics')
@@ -471,8 +477,11 @@ def git_sha():
 
 def default_out(args, method_tag):
     labels = args.n_labeled if args.n_labeled is not None else 'all'
-    name = (f'{args.method}-{args.dataset}-{labels}-{args.arch}-{args.loss}-lu{args.lambda_u:g}-{method_tag}'
-            f'-s{args.seed}')
+    if args.labeled_only:  # the unlabeled-loss flags play no part
+        name = f'labeled-only-{args.dataset}-{labels}-{args.arch}-s{args.seed}'
+    else:
+        name = (f'{args.method}-{args.dataset}-{labels}-{args.arch}-{args.loss}-lu{args.lambda_u:g}-{method_tag}'
+                f'-s{args.seed}')
     return os.path.join('runs', name)
 
 
@@ -491,8 +500,17 @@ def save_atomic(obj, path):
 
 
 def load_checkpoint(path):
+    """A checkpoint of this release, loaded with weights_only (no code runs). A file named <name>-<hex>.pt
+    (the released ones) must have a sha256 that starts with <hex>."""
     if not os.path.isfile(path):
         raise UserError(f'checkpoint not found: {path}')
+    named = re.fullmatch(r'.*-([0-9a-f]{8,64})\.pt', os.path.basename(path))
+    if named:
+        with open(path, 'rb') as f:
+            digest = hashlib.file_digest(f, 'sha256').hexdigest()
+        if not digest.startswith(named.group(1)):
+            raise UserError(f'{path}: sha256 {digest[:16]}... does not match the {named.group(1)} in its name: the '
+                            f'file is corrupt or was changed; download it again')
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pickle, zip and weights_only errors all mean "not a usable checkpoint"

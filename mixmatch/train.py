@@ -75,12 +75,16 @@ def train_step(model, ema, optimizer, rt, batch, train_acc, val_acc, step, args)
     B, Bu, C, K = len(x_l), len(x_u), args.num_classes, args.K
     cl = rt.memory_format
 
-    # Label guessing: K augmentations of every unlabeled image, mean softmax, sharpened.
-    u_aug = torch.cat([augment.augment(x_u, args.augment_kind) for _ in range(K)]).contiguous(memory_format=cl)
-    with torch.no_grad(), rt.autocast():
-        mean_prob = torch.softmax(model(u_aug).float(), dim=1).view(K, Bu, C).mean(dim=0)
-    guess = common.sharpen(mean_prob, args.T)
-    keep, threshold, confidence = pseudo_label_mask(mean_prob, guess, train_acc, val_acc, rt, args)
+    if args.labeled_only:  # the tables' baseline: no unlabeled image is guessed, mixed or trained on
+        x_u, y_u_hidden = x_u[:0], y_u_hidden[:0]
+        u_aug, guess = x_u, torch.zeros(0, C, device=x_u.device)
+        keep, threshold, confidence = torch.zeros(0, dtype=torch.bool, device=x_u.device), None, None
+    else:  # label guessing: K augmentations of every unlabeled image, mean softmax, sharpened
+        u_aug = torch.cat([augment.augment(x_u, args.augment_kind) for _ in range(K)]).contiguous(memory_format=cl)
+        with torch.no_grad(), rt.autocast():
+            mean_prob = torch.softmax(model(u_aug).float(), dim=1).view(K, Bu, C).mean(dim=0)
+        guess = common.sharpen(mean_prob, args.T)
+        keep, threshold, confidence = pseudo_label_mask(mean_prob, guess, train_acc, val_acc, rt, args)
 
     # MixUp over [labeled, unlabeled x K]; unkept unlabeled rows only mix among themselves and get no loss.
     x = torch.cat([augment.augment(x_l, args.augment_kind), u_aug])
@@ -116,10 +120,12 @@ def train_step(model, ema, optimizer, rt, batch, train_acc, val_acc, step, args)
     train_acc.add(*rt.all_reduce(torch.stack([correct, torch.full_like(correct, B)])))
     known = keep & (y_u_hidden >= 0)
     num, den = train_acc.fraction()
-    return {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(),
-            'mask_ratio': keep.float().mean(), 'threshold': threshold, 'confidence': confidence.mean(),
-            'pl_correct': ((guess.argmax(dim=1) == y_u_hidden) & known).sum(), 'pl_count': known.sum(),
-            'train_acc': 100.0 * num / den}
+    metrics = {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(),
+               'pl_correct': ((guess.argmax(dim=1) == y_u_hidden) & known).sum(), 'pl_count': known.sum(),
+               'train_acc': 100.0 * num / den}
+    if not args.labeled_only:
+        metrics |= {'mask_ratio': keep.float().mean(), 'threshold': threshold, 'confidence': confidence.mean()}
+    return metrics
 
 
 # =========================================================================================================
@@ -272,10 +278,11 @@ def train(args, rt):
         nonlocal best, history
         if not rt.is_main:
             return None
-        record = {'step': step, 'loss_x': w['loss_x'], 'loss_u': w['loss_u'], 'lambda_u': lambda_u_at(step - 1, args),
-                  'mask_ratio': w['mask_ratio'], 'threshold': w['threshold'],
+        lambda_u = 0.0 if args.labeled_only else lambda_u_at(step - 1, args)
+        record = {'step': step, 'loss': w['loss'], 'loss_x': w['loss_x'], 'loss_u': w['loss_u'], 'lambda_u': lambda_u,
+                  'mask_ratio': w.get('mask_ratio'), 'threshold': w.get('threshold'),
                   'pseudo_label_acc': 100.0 * w['pl_correct'] / w['pl_count'] if w['pl_count'] > 0 else None,
-                  'confidence': w['confidence'], 'train_acc': w['train_acc']}
+                  'confidence': w.get('confidence'), 'train_acc': w['train_acc']}
         val_counts = [int(v) for v in val_acc]
         for name, (x, y) in (('val', (x_val, y_val)), ('test', (x_test, y_test))):
             r = common.evaluate(eval_model, x, y, args.eval_batch_size) if x is not None and len(x) else None
@@ -321,8 +328,9 @@ def train(args, rt):
             if rt.world > 1:
                 stopping = bool(rt.all_reduce(torch.tensor(int(stop.requested), device=dev), 'max'))
             w = meter.peek()
-            log.progress(step, f'loss_x {w["loss_x"]:.3f}  loss_u {w["loss_u"]:.4f}  mask {w["mask_ratio"]:.2f}  '
-                               f'train_acc {w["train_acc"]:.1f}  {w["ms_per_step"]:.0f} ms/step')
+            log.progress(step, f'loss_x {w["loss_x"]:.3f}  loss_u {w["loss_u"]:.4f}  '
+                               f'mask {w.get("mask_ratio", 0):.2f}  train_acc {w["train_acc"]:.1f}  '
+                               f'{w["ms_per_step"]:.0f} ms/step')
         if at_eval:
             evaluation = evaluate_and_log(step, meter.read())
             val_acc = tuple(torch.tensor(v, device=dev) for v in rt.broadcast_object(evaluation))

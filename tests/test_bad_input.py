@@ -2,6 +2,7 @@
 nothing in an existing run directory modified."""
 import hashlib
 import os
+import shutil
 
 import pytest
 
@@ -27,6 +28,8 @@ def world(tmp_path_factory):
         f.write('not a checkpoint')
     w['empty'] = str(top / 'empty')
     os.makedirs(w['empty'])
+    w['renamed'] = str(top / 'adaptive-quick-s0-00000000.pt')  # a released name whose hex is not its sha256
+    shutil.copyfile(os.path.join(w['run'], 'best.pt'), w['renamed'])
     return w
 
 
@@ -75,6 +78,7 @@ CASES = [
     ('adaptive', ['--resume', None], 'is not empty: pass --resume auto to continue it'),
     ('mixmatch', ['--evaluate', '{not_ckpt}'], 'cannot load checkpoint {not_ckpt}'),
     ('adaptive', ['--evaluate', '{run}/best.pt', '--data-root', '{nsml_bad_label}'], 'trained on 3 classes, the data has 6'),
+    ('fixed', ['--evaluate', '{renamed}'], 'does not match the 00000000 in its name'),
 ]
 
 

@@ -122,3 +122,21 @@ def test_masking_equals_dropping_except_for_batchnorm_statistics(monkeypatch):
         losses.append((m['loss_x'].item(), m['loss_u'].item(), m['mask_ratio'].item()))
     assert losses[0][1] > 0 and losses[0][2] == 3 / 8
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_labeled_only_never_looks_at_the_unlabeled_images(method):
+    """--labeled-only (the tables' baseline) trains on the labeled batch alone: the model sees B images per
+    step, and what the unlabeled batch holds changes nothing."""
+    results = []
+    for fill in (0, 255):
+        train, args, rt, model, optimizer, batch = tiny_step_setup(method, ['--labeled-only'])
+        batch = (batch[0], batch[1], torch.full_like(batch[2], fill), batch[3])
+        shapes = []
+        model.register_forward_hook(lambda mod, inp, out: shapes.append(inp[0].shape[0]))
+        torch.manual_seed(2)
+        m = train.train_step(model, None, optimizer, rt, batch, common.TrainAccuracy(rt.device), None, 0, args)
+        assert shapes == [8] and m['loss_u'].item() == 0.0 and 'mask_ratio' not in m
+        assert m['loss'].item() == pytest.approx(m['loss_x'].item())
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))

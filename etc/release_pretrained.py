@@ -1,0 +1,92 @@
+"""Release the best-val EMA checkpoint of each table entry (one seed of an etc/reproduce.py preset) into
+pretrained/: fp16 weights (half the size; evaluation runs in fp32 after loading), named
+<entry>-<preset>-s<seed>-<first 8 hex of sha256>.pt, evaluated on the CPU with the release's own --evaluate,
+and listed in pretrained/manifest.json and pretrained/README.md.
+
+    python etc/release_pretrained.py --preset quick --seed 0
+
+Files of earlier releases that the new manifest no longer lists are removed.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reproduce  # noqa: E402
+from verify_pretrained import MANIFEST, REPO, evaluate_file, sha256  # noqa: E402
+
+OUT = os.path.join(REPO, 'pretrained')
+
+
+def slim(best_path):
+    """The parts of a best.pt that --evaluate needs, floating-point weights in fp16."""
+    ckpt = torch.load(best_path, map_location='cpu', weights_only=True)
+    ema = {k: v.half() if v.is_floating_point() else v for k, v in ckpt['ema'].items()}
+    return {'ema': ema, **{k: ckpt[k] for k in ('args', 'metrics', 'method', 'arch', 'num_classes', 'classes', 'meta')}}
+
+
+def readme(rows, preset, seed):
+    lines = ['# Released checkpoints', '',
+             f'The best-val EMA weights (fp16) of each table entry, seed {seed} of the `{preset}` preset of '
+             '`etc/reproduce.py` on Fashion-MNIST (WRN-28-2). Made by '
+             f'`python etc/release_pretrained.py --preset {preset} --seed {seed}`; checked by '
+             '`python etc/verify_pretrained.py` (sha256, then the numbers below, within 0.02 points), which CI runs.',
+             '',
+             'Evaluate one: `python <method>/train.py --evaluate pretrained/<file>` (any of the three scripts; '
+             'weights_only loading; a file whose sha256 does not start with the hex in its name is refused). The '
+             'numbers are what that prints on the CPU in fp32 for the fp16 file; "run" is the fp32 number the '
+             'training run logged for the same checkpoint.', '',
+             '| file | sha256 | table entry | session | training command | test top-1 | test top-5 | run top-1 |',
+             '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f'| `{r["file"]}` | `{r["sha256"]}` | {r["tables"]}: {r["entry"]} | {r["session"]} | '
+                     f'`{r["command"]}` | {r["test_top1"]:.2f} | {r["test_top5"]:.2f} | {r["run_test_top1"]:.2f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--preset', default='quick', choices=sorted(reproduce.PRESETS))
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'))
+    args = p.parse_args(argv)
+    rows = []
+    for entry, (script, _, _, session, _) in reproduce.ENTRIES.items():
+        out = reproduce.run_dir(args.runs_dir, args.preset, entry, args.seed)
+        info = reproduce.run_state(out)
+        if not info.get('done'):
+            print(f'skip {entry}: no finished run in {out}')
+            continue
+        tmp = os.path.join(OUT, f'.{entry}.tmp')
+        ckpt = slim(os.path.join(out, 'best.pt'))
+        torch.save(ckpt, tmp)
+        digest = sha256(tmp)
+        name = f'{entry}-{args.preset}-s{args.seed}-{digest[:8]}.pt'
+        os.replace(tmp, os.path.join(OUT, name))
+        top1, top5, output = evaluate_file(os.path.join(OUT, name), script)
+        if top1 is None:
+            print(f'error: --evaluate of {name} failed: {output}', file=sys.stderr)
+            return 1
+        tables = ', '.join(f'table {t}' for t, (_, es) in reproduce.TABLES.items() if entry in dict(es))
+        rows.append({'file': name, 'sha256': digest, 'entry': entry, 'tables': tables, 'session': session,
+                     'method': script, 'command': info['command'], 'preset': args.preset, 'seed': args.seed,
+                     'test_top1': top1, 'test_top5': top5, 'run_test_top1': ckpt['metrics']['test_top1'],
+                     'run_test_top5': ckpt['metrics']['test_top5'], 'best_step': ckpt['metrics']['step']})
+        print(f'{name}: test top-1 {top1:.2f} top-5 {top5:.2f} (run: {ckpt["metrics"]["test_top1"]:.2f})', flush=True)
+    keep = {r['file'] for r in rows}
+    for f in os.listdir(OUT):
+        if f.endswith('.pt') and f not in keep:
+            os.remove(os.path.join(OUT, f))
+    with open(MANIFEST, 'w') as f:
+        json.dump({'preset': args.preset, 'seed': args.seed, 'checkpoints': rows}, f, indent=1)
+    with open(os.path.join(OUT, 'README.md'), 'w') as f:
+        f.write(readme(rows, args.preset, args.seed))
+    print(f'released {len(rows)} checkpoints into {OUT}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Reproduce the paper's tables on the public stand-in (Fashion-MNIST, WRN-28-2): run every entry of a table with
+the three training scripts (as subprocesses, with the flags written in the tables below), then collect each
+run's log.jsonl into etc/results/table{1,2,3}.md.
+
+    python etc/reproduce.py --table all --seeds 1 --preset quick            # pipeline check, ~2 h on a 2-core CPU
+    python etc/reproduce.py --table all --seeds 3 --preset full --device cuda
+    python etc/reproduce.py --table 2 --entries labeled-only,mixmatch,adaptive-ce-1 --seeds 3 --preset full
+    python etc/reproduce.py --table all --seeds 1 --preset quick --report   # tables from finished runs only
+
+Seed i runs every entry with `--seed i --split-seed i`: the same labeled images and the same initialization,
+so the entries of one seed are paired. Runs go to runs/reproduce/<preset>/<entry>/s<i>; an interrupted call
+continues where it stopped (finished runs are skipped, unfinished ones resume from their checkpoint).
+
+Presets set the length and scale the schedule flags with --steps by one rule for every method:
+    --eval-every = --acc-window = steps / evals,  --rampup-steps (MixMatch) = steps / 4
+(the scripts' defaults: 65536 steps, 1024, 1024 and 16000, i.e. 64 evaluations and a quarter of the run).
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name: (steps, evaluations, --n-val). The evaluations set --eval-every, --acc-window and the "median of the
+# last 20" window; --n-val 1000 (100 per class) keeps each evaluation (val + 10k test, fp32) cheap on a CPU.
+PRESETS = {
+    'quick': {'steps': 1024, 'evals': 8, 'n_val': 1000},
+    'full': {'steps': 16384, 'evals': 64, 'n_val': 1000},
+}
+LABELS, FEW_LABELS = 250, 80  # tables 1-2: 25 per class; table 3: 8 per class (the paper's 4k of ~13k: 3.3x fewer)
+
+# entry: (script, method flags, labels, original session, what it is)
+ENTRIES = {
+    'labeled-only': ('mixmatch', ['--labeled-only'], LABELS, '458-465', 'labeled only (no unlabeled loss)'),
+    'mixmatch': ('mixmatch', [], LABELS, '405', 'MixMatch (MSE, lambda_u 75, ramp-up)'),
+    'fixed-0.8': ('fixed', ['--threshold', '0.8'], LABELS, '408', 'fixed threshold 0.8 (MSE)'),
+    'adaptive-mse': ('adaptive', ['--min-th', '0.5', '--loss', 'mse'], LABELS, '401', 'adaptive, min 0.5 (MSE)'),
+    'adaptive-ce-1': ('adaptive', ['--min-th', '0.5', '--lambda-u', '1', '--loss', 'ce'], LABELS, '431',
+                      'adaptive CE, lambda_u 1'),
+    'adaptive-ce-1.5': ('adaptive', ['--min-th', '0.5', '--lambda-u', '1.5', '--loss', 'ce'], LABELS, '467',
+                        'adaptive CE, lambda_u 1.5'),
+    'adaptive-ce-2': ('adaptive', ['--min-th', '0.5', '--lambda-u', '2', '--loss', 'ce'], LABELS, '468',
+                      'adaptive CE, lambda_u 2'),
+    'labeled-only-few': ('mixmatch', ['--labeled-only'], FEW_LABELS, '458-465', 'labeled only, few labels'),
+    'mixmatch-few': ('mixmatch', [], FEW_LABELS, '478', 'MixMatch, few labels'),
+    'adaptive-ce-1-few': ('adaptive', ['--min-th', '0.5', '--lambda-u', '1', '--loss', 'ce'], FEW_LABELS,
+                          '477 -> 485', 'adaptive CE, lambda_u 1, few labels'),
+}
+# table: (title, [(entry, paper top-1 on NAVER fashion or None)])
+TABLES = {
+    '1': ('Table 1: threshold policy, MSE unlabeled loss',
+          [('labeled-only', None), ('mixmatch', 73.89), ('fixed-0.8', 72.84), ('adaptive-mse', 73.96)]),
+    '2': ('Table 2: adaptive threshold with a cross-entropy unlabeled loss',
+          [('labeled-only', None), ('mixmatch', 73.89), ('adaptive-ce-1', 75.06), ('adaptive-ce-1.5', 75.14),
+           ('adaptive-ce-2', 74.79)]),
+    '3': (f'Table 3: few labels ({FEW_LABELS} on Fashion-MNIST; the paper: 4k of 265 classes)',
+          [('labeled-only-few', None), ('mixmatch-few', 59.58), ('adaptive-ce-1-few', 61.15)]),
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def schedule(preset):
+    p = PRESETS[preset]
+    every = p['steps'] // p['evals']
+    return {'steps': p['steps'], 'eval_every': every, 'acc_window': every, 'rampup': p['steps'] // 4,
+            'n_val': p['n_val'], 'evals': p['evals']}
+
+
+def command(entry, seed, preset, device, runs_dir):
+    """The exact training command of one table entry and seed (list of arguments, without the interpreter)."""
+    script, flags, labels, _, _ = ENTRIES[entry]
+    s = schedule(preset)
+    cmd = [f'{script}/train.py', *flags, '--n-labeled', str(labels), '--n-val', str(s['n_val']),
+           '--steps', str(s['steps']), '--eval-every', str(s['eval_every']), '--acc-window', str(s['acc_window'])]
+    if script == 'mixmatch' and '--labeled-only' not in flags:
+        cmd += ['--rampup-steps', str(s['rampup'])]
+    cmd += ['--seed', str(seed), '--split-seed', str(seed), '--device', device,
+            '--out', run_dir(runs_dir, preset, entry, seed), '--resume', 'auto']
+    return cmd
+
+
+def run_dir(runs_dir, preset, entry, seed):
+    return os.path.join(runs_dir, preset, entry, f's{seed}')
+
+
+def method_command(entry):
+    """The entry's flags as the README writes them (schedule and seed flags come from the preset)."""
+    script, flags, labels, _, _ = ENTRIES[entry]
+    return ' '.join(['python', f'{script}/train.py', *flags] + (['--n-labeled', str(labels)]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------------------
+def read_log(path):
+    """The records of a log.jsonl; a line cut short by a kill is skipped."""
+    records = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+    return records
+
+
+def run_state(out):
+    """What reproduce.py recorded of a run (command, accumulated wall time, done), {} if nothing yet."""
+    path = os.path.join(out, 'reproduce.json')
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def launch(entry, seed, args, threads):
+    out = run_dir(args.runs_dir, args.preset, entry, seed)
+    cmd = command(entry, seed, args.preset, args.device, args.runs_dir)
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
+    log = open(os.path.join(out, 'train.log'), 'a')
+    log.write(f'# {time.strftime("%Y-%m-%d %H:%M:%S")}: {" ".join(map(shlex.quote, cmd))}\n')
+    log.flush()
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return {'entry': entry, 'seed': seed, 'out': out, 'cmd': cmd, 'proc': proc, 'log': log,
+            't0': time.time(), 'threads': threads}
+
+
+def finish(job):
+    rc = job['proc'].wait()
+    job['log'].close()
+    info = run_state(job['out'])
+    records = read_log(os.path.join(job['out'], 'log.jsonl'))
+    steps = int(job['cmd'][job['cmd'].index('--steps') + 1])
+    done = rc == 0 and bool(records) and records[-1]['step'] == steps
+    info.update({'entry': job['entry'], 'seed': job['seed'], 'command': 'python ' + ' '.join(job['cmd']),
+                 'wall_s': info.get('wall_s', 0.0) + time.time() - job['t0'], 'threads': job['threads'],
+                 'done': done, 'returncode': rc, 'steps': steps, 'hardware': hardware()})
+    with open(os.path.join(job['out'], 'reproduce.json'), 'w') as f:
+        json.dump(info, f, indent=1)
+    return done
+
+
+def run_all(todo, args):
+    """Run (entry, seed) pairs, --jobs at a time; returns the pairs that failed."""
+    jobs = args.jobs
+    threads = max(1, (os.cpu_count() or 1) // jobs) if args.device != 'cuda' else None
+    pending, running, failed = list(todo), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            entry, seed = pending.pop(0)
+            job = launch(entry, seed, args, threads)
+            print(f'[{time.strftime("%H:%M:%S")}] start {entry} seed {seed}: python {" ".join(job["cmd"])}',
+                  flush=True)
+            running.append(job)
+        time.sleep(2)
+        for job in [j for j in running if j['proc'].poll() is not None]:
+            running.remove(job)
+            ok = finish(job)
+            print(f'[{time.strftime("%H:%M:%S")}] {"done" if ok else "FAILED"} {job["entry"]} seed {job["seed"]} '
+                  f'(exit {job["proc"].returncode}; log {job["out"]}/train.log)', flush=True)
+            if not ok:
+                failed.append((job['entry'], job['seed']))
+    return failed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------------------
+def summarize(out):
+    """The numbers of one finished run, from its log.jsonl and reproduce.json; None if it has not finished."""
+    info = run_state(out)
+    records = read_log(os.path.join(out, 'log.jsonl'))
+    if not info.get('done') or not records:
+        return None
+    best = None
+    for r in records:  # the training script's rule: the first evaluation with the highest val top-1
+        if best is None or r['val_top1'] > best['val_top1']:
+            best = r
+    last = records[-20:]
+    end = records[-1]
+    return {'best_top1': best['test_top1'], 'best_top5': best['test_top5'], 'best_step': best['step'],
+            'median_top1': statistics.median(r['test_top1'] for r in last),
+            'median_top5': statistics.median(r['test_top5'] for r in last), 'median_n': len(last),
+            'mask_ratio': end.get('mask_ratio'), 'pl_acc': end.get('pseudo_label_acc'), 'steps': end['step'],
+            'wall_s': info['wall_s'], 'hardware': info.get('hardware', '?'), 'device': end.get('device'), 'amp': end.get('amp'), 'git': end.get('git_sha'),
+            'command': info['command']}
+
+
+def mean_std(values, digits=2):
+    values = [v for v in values if v is not None]
+    if not values:
+        return '—'
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
+
+
+def hardware():
+    """This machine in words: CPU model and cores, or the GPU."""
+    model = ''
+    if os.path.exists('/proc/cpuinfo'):
+        m = re.search(r'model name\s*:\s*(.*)', open('/proc/cpuinfo').read())
+        model = m.group(1).strip() if m else ''
+    return f'{model or "unknown CPU"}, {os.cpu_count()} cores'
+
+
+def write_table(table, seeds, args, results):
+    title, rows = TABLES[table]
+    s = schedule(args.preset)
+    lines = [f'# {title}', '',
+             f'Preset `{args.preset}`: {s["steps"]} steps, an evaluation every {s["eval_every"]} steps '
+             f'({s["evals"]} in all), `--acc-window {s["acc_window"]}`, MixMatch `--rampup-steps {s["rampup"]}`, '
+             f'`--n-val {s["n_val"]}`; seeds {", ".join(map(str, seeds))} (`--seed i --split-seed i`). '
+             'Fashion-MNIST, WRN-28-2, test set of 10,000 images, fp32 evaluation of the EMA weights.', '',
+             f'Produced by `python etc/reproduce.py --table {table} --seeds {len(seeds)}'
+             f'{"" if seeds[0] == 0 else f" --first-seed {seeds[0]}"} --preset {args.preset}`; '
+             'commands per seed below.', '',
+             '| entry | session | paper top-1 (NAVER) | n | test top-1 @ best val | top-5 @ best val | '
+             'test top-1, median of last evals | top-5, median | mask ratio (end) | pseudo-label acc (end) | '
+             'steps | wall / run |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    devices, walls = set(), []
+    for entry, paper in rows:
+        rs = [results.get((entry, seed)) for seed in seeds]
+        done = [r for r in rs if r]
+        _, _, _, session, what = ENTRIES[entry]
+        if not done:
+            lines.append(f'| {entry}: {what} | {session} | {paper or "—"} | 0 | not run | | | | | | | |')
+            continue
+        devices |= {f'{r["hardware"]}: {r["device"]}, amp {r["amp"]}' for r in done}
+        walls += [r['wall_s'] for r in done]
+        med_n = min(r['median_n'] for r in done)
+        lines.append(
+            f'| {entry}: {what} | {session} | {paper or "—"} | {len(done)} | {mean_std([r["best_top1"] for r in done])}'
+            f' | {mean_std([r["best_top5"] for r in done])} | {mean_std([r["median_top1"] for r in done])} '
+            f'(last {med_n}) | {mean_std([r["median_top5"] for r in done])} | '
+            f'{mean_std([r["mask_ratio"] for r in done], 3)} | {mean_std([r["pl_acc"] for r in done], 1)} | '
+            f'{done[0]["steps"]} | {mean_std([r["wall_s"] / 60 for r in done], 0)} min |')
+    lines += ['', '**Paired differences** (same seed, same labeled images and initialization), test top-1 at the '
+              'best-val checkpoint, mean ± std over seeds (n):', '',
+              '| entry | − labeled-only | − MixMatch |', '|---|---|---|']
+    base_lo, base_mm = rows[0][0], rows[1][0]
+    for entry, _ in rows[1:]:
+        cells = []
+        for base in (base_lo, base_mm):
+            if entry == base:
+                cells.append('')
+                continue
+            d = [results[(entry, s)]['best_top1'] - results[(base, s)]['best_top1'] for s in seeds
+                 if results.get((entry, s)) and results.get((base, s))]
+            cells.append(f'{mean_std(d)} ({len(d)})' if d else '—')
+        lines.append(f'| {entry} | {cells[0]} | {cells[1]} |')
+    lines += ['', f'Hardware: {"; ".join(sorted(devices)) or "—"}. Run time of all runs of this table: '
+              f'{sum(walls) / 3600:.2f} h (runs sharing the machine overlap in wall-clock time).', '',
+              'Commands:', '']
+    for entry, _ in rows:
+        for seed in seeds:
+            r = results.get((entry, seed))
+            if r:
+                lines.append(f'    {r["command"]}')
+    path = os.path.join(args.results_dir, f'table{table}.md')
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return path
+
+
+def copy_logs(pairs, args):
+    """Keep each finished run's log.jsonl under etc/results/logs/<preset>/ (the plots and tables read them)."""
+    for entry, seed in pairs:
+        src = os.path.join(run_dir(args.runs_dir, args.preset, entry, seed), 'log.jsonl')
+        if run_state(os.path.dirname(src)).get('done'):
+            dst = os.path.join(args.results_dir, 'logs', args.preset, f'{entry}-s{seed}.jsonl')
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst)
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--table', default='all', choices=('1', '2', '3', 'all'))
+    p.add_argument('--seeds', type=int, default=1, help='number of seeds: first-seed .. first-seed + N - 1')
+    p.add_argument('--first-seed', type=int, default=0)
+    p.add_argument('--preset', default='quick', choices=sorted(PRESETS))
+    p.add_argument('--entries', default=None,
+                   help=f'comma-separated subset of the tables\' entries to run ({", ".join(ENTRIES)})')
+    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    p.add_argument('--jobs', type=int, default=1,
+                   help='runs at a time; on the CPU each gets cores/jobs threads (2 on a 2-core CPU: ~8%% more '
+                        'throughput than 1, with each run half as fast)')
+    p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'))
+    p.add_argument('--results-dir', default=os.path.join('etc', 'results'))
+    p.add_argument('--report', action='store_true', help='only write the tables from the runs that finished')
+    p.add_argument('--dry-run', action='store_true', help='print the commands and exit')
+    args = p.parse_args(argv)
+    if args.seeds < 1 or args.jobs < 1 or args.first_seed < 0:
+        raise UsageError('--seeds and --jobs must be at least 1, --first-seed at least 0')
+    tables = list(TABLES) if args.table == 'all' else [args.table]
+    entries = [e for t in tables for e, _ in TABLES[t][1]]
+    if args.entries:
+        wanted = args.entries.split(',')
+        unknown = [e for e in wanted if e not in entries]
+        if unknown:
+            raise UsageError(f'--entries: {", ".join(unknown)} not in table(s) {", ".join(tables)} '
+                             f'(choose from {", ".join(dict.fromkeys(entries))})')
+        entries = [e for e in entries if e in wanted]
+    args.tables, args.entries = tables, list(dict.fromkeys(entries))
+    args.runs_dir = os.path.abspath(args.runs_dir) if os.path.isabs(args.runs_dir) else args.runs_dir
+    return args
+
+
+def main(args):
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    # seed-major, the longest runs first within a seed, so that seed 0 of every entry finishes first
+    pairs = [(e, s) for s in seeds for e in sorted(args.entries, key=lambda e: '--labeled-only' in ENTRIES[e][1])]
+    if args.dry_run:
+        for e, s in pairs:
+            print('python ' + ' '.join(map(shlex.quote, command(e, s, args.preset, args.device, args.runs_dir))))
+        return 0
+    failed = []
+    if not args.report:
+        todo = [(e, s) for e, s in pairs if not run_state(run_dir(args.runs_dir, args.preset, e, s)).get('done')]
+        print(f'{len(pairs) - len(todo)} of {len(pairs)} runs already done; running {len(todo)}', flush=True)
+        t0 = time.time()
+        failed = run_all(todo, args)
+        print(f'wall time {(time.time() - t0) / 3600:.2f} h', flush=True)
+    copy_logs(pairs, args)
+    all_results = {}
+    for t in args.tables:  # a table lists every seed asked for; entries not run (or not finished) say so
+        for e, _ in TABLES[t][1]:
+            for s in seeds:
+                r = summarize(run_dir(args.runs_dir, args.preset, e, s))
+                if r:
+                    all_results[(e, s)] = r
+        print(f'wrote {write_table(t, seeds, args, all_results)}')
+    if failed:
+        print(f'error: {len(failed)} run(s) failed: ' + ', '.join(f'{e} seed {s}' for e, s in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    try:
+        sys.exit(main(get_args()))
+    except UsageError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,78 @@
+"""etc/reproduce.py: the commands it runs are the tables' flags with the preset's one schedule rule and paired
+seeds, and the tables it writes follow the training scripts' own best-val and median rules."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import METHODS, REPO, load_train
+
+sys.path.insert(0, os.path.join(REPO, 'etc'))
+import reproduce  # noqa: E402
+
+
+@pytest.mark.parametrize('preset', sorted(reproduce.PRESETS))
+def test_every_entry_is_a_valid_command_with_the_preset_schedule(preset):
+    s = reproduce.schedule(preset)
+    assert s['eval_every'] == s['acc_window'] == s['steps'] // s['evals'] and s['rampup'] == s['steps'] // 4
+    for entry in reproduce.ENTRIES:
+        for seed in (0, 2):
+            cmd = reproduce.command(entry, seed, preset, 'cpu', 'runs/x')
+            method = cmd[0].split('/')[0]
+            assert method in METHODS
+            args = load_train(method).get_args(cmd[1:])  # the script accepts the flags
+            assert (args.seed, args.split_seed, args.steps) == (seed, seed, s['steps'])
+            assert (args.eval_every, args.acc_window, args.n_val) == (s['eval_every'], s['acc_window'], s['n_val'])
+            if method == 'mixmatch' and not args.labeled_only:
+                assert args.rampup_steps == s['rampup']
+            assert args.out == os.path.join('runs/x', preset, entry, f's{seed}') and args.resume == 'auto'
+
+
+def test_every_table_has_a_labeled_only_row_with_its_label_count():
+    for _, rows in reproduce.TABLES.values():
+        entries = [e for e, _ in rows]
+        assert reproduce.ENTRIES[entries[0]][1] == ['--labeled-only']
+        assert len({reproduce.ENTRIES[e][2] for e in entries}) == 1  # one label count per table
+
+
+def fake_run(root, entry, seed, val, test, done=True):
+    """A finished run directory as the training script and reproduce.py leave it."""
+    out = reproduce.run_dir(str(root), 'quick', entry, seed)
+    os.makedirs(out)
+    with open(os.path.join(out, 'log.jsonl'), 'w') as f:
+        for i, (v, t) in enumerate(zip(val, test)):
+            f.write(json.dumps({'step': 128 * (i + 1), 'val_top1': v, 'test_top1': t, 'test_top5': t + 10,
+                                'mask_ratio': 0.5, 'pseudo_label_acc': 90.0, 'device': 'cpu (2 threads)',
+                                'amp': 'bf16'}) + '\n')
+    with open(os.path.join(out, 'reproduce.json'), 'w') as f:
+        json.dump({'done': done, 'wall_s': 600.0, 'command': f'python x/train.py --seed {seed}'}, f)
+
+
+def test_tables_use_first_best_val_median_and_paired_differences(tmp_path):
+    runs = tmp_path / 'runs'
+    fake_run(runs, 'labeled-only-few', 0, [50, 60, 60], [51, 61, 62])  # ties: the first best val wins
+    fake_run(runs, 'labeled-only-few', 1, [50, 55, 40], [53, 56, 41])
+    fake_run(runs, 'mixmatch-few', 0, [70, 80, 75], [71, 81, 77])
+    fake_run(runs, 'mixmatch-few', 1, [70, 72, 74], [71, 73, 79])
+    fake_run(runs, 'adaptive-ce-1-few', 0, [70, 80, 75], [71, 90, 77], done=False)  # unfinished: not counted
+    r = reproduce.summarize(reproduce.run_dir(str(runs), 'quick', 'labeled-only-few', 0))
+    assert (r['best_top1'], r['best_step'], r['median_top1'], r['median_n']) == (61, 256, 61, 3)
+    args = reproduce.get_args(['--table', '3', '--seeds', '2', '--runs-dir', str(runs), '--results-dir',
+                               str(tmp_path / 'results'), '--report'])
+    assert reproduce.main(args) == 0
+    text = open(tmp_path / 'results' / 'table3.md').read()
+    assert '| labeled-only-few: labeled only, few labels | 458-465 | — | 2 | 58.50 ± 3.54 |' in text
+    assert '| mixmatch-few: MixMatch, few labels | 478 | 59.58 | 2 | 80.00 ± 1.41 |' in text
+    assert '| adaptive-ce-1-few: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | 0 | not run |' in text
+    assert '| mixmatch-few | 21.50 ± 2.12 (2) |  |' in text  # per seed: 81-61 = 20, 79-56 = 23
+    assert sorted(os.listdir(tmp_path / 'results' / 'logs' / 'quick')) == [
+        'labeled-only-few-s0.jsonl', 'labeled-only-few-s1.jsonl', 'mixmatch-few-s0.jsonl', 'mixmatch-few-s1.jsonl']
+
+
+def test_unknown_entry_is_one_line_and_exit_2():
+    r = subprocess.run([sys.executable, os.path.join(REPO, 'etc', 'reproduce.py'), '--table', '1', '--entries',
+                        'adaptive-ce-2'], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        'error: --entries: adaptive-ce-2 not in table(s) 1 (choose from labeled-only, mixmatch, fixed-0.8, adaptive-mse)']
