@@ -2,10 +2,11 @@
 the three training scripts (as subprocesses, with the flags written in the tables below), then collect each
 run's log.jsonl into etc/results/table{1,2,3}.md.
 
-    python etc/reproduce.py --table all --seeds 1 --preset quick            # pipeline check, ~2 h on a 2-core CPU
+    python etc/reproduce.py --table all --seeds 1 --preset quick --jobs 2   # pipeline check, ~2 h on 2 CPU cores
+    python etc/reproduce.py --table 2 --entries labeled-only,mixmatch,adaptive-ce-1 --seeds 3 --preset medium \
+        --jobs 2                                                             # the headline comparison
     python etc/reproduce.py --table all --seeds 3 --preset full --device cuda
-    python etc/reproduce.py --table 2 --entries labeled-only,mixmatch,adaptive-ce-1 --seeds 3 --preset full
-    python etc/reproduce.py --table all --seeds 1 --preset quick --report   # tables from finished runs only
+    python etc/reproduce.py --table all --seeds 1 --preset quick --report --readme   # tables from finished runs
 
 Seed i runs every entry with `--seed i --split-seed i`: the same labeled images and the same initialization,
 so the entries of one seed are paired. Runs go to runs/reproduce/<preset>/<entry>/s<i>; an interrupted call
@@ -32,6 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # last 20" window; --n-val 1000 (100 per class) keeps each evaluation (val + 10k test, fp32) cheap on a CPU.
 PRESETS = {
     'quick': {'steps': 1024, 'evals': 8, 'n_val': 1000},
+    'medium': {'steps': 4096, 'evals': 16, 'n_val': 1000},
     'full': {'steps': 16384, 'evals': 64, 'n_val': 1000},
 }
 LABELS, FEW_LABELS = 250, 80  # tables 1-2: 25 per class; table 3: 8 per class (the paper's 4k of ~13k: 3.3x fewer)
@@ -260,8 +262,7 @@ def write_table(table, seeds, args, results):
             if entry == base:
                 cells.append('')
                 continue
-            d = [results[(entry, s)]['best_top1'] - results[(base, s)]['best_top1'] for s in seeds
-                 if results.get((entry, s)) and results.get((base, s))]
+            d = paired(results, entry, base, seeds)
             cells.append(f'{mean_std(d)} ({len(d)})' if d else '—')
         lines.append(f'| {entry} | {cells[0]} | {cells[1]} |')
     lines += ['', f'Hardware: {"; ".join(sorted(devices)) or "—"}. Run time of all runs of this table: '
@@ -276,6 +277,68 @@ def write_table(table, seeds, args, results):
     os.makedirs(args.results_dir, exist_ok=True)
     with open(path, 'w') as f:
         f.write('\n'.join(lines) + '\n')
+    return path
+
+
+def paired(results, entry, base, seeds):
+    """Per-seed differences of test top-1 at the best-val checkpoint, entry minus base."""
+    return [results[(entry, s)]['best_top1'] - results[(base, s)]['best_top1'] for s in seeds
+            if results.get((entry, s)) and results.get((base, s))]
+
+
+def readme_block(args, seeds, results):
+    """The README's results for one preset: a table per paper table, with the released checkpoint of each entry."""
+    manifest = os.path.join(REPO, 'pretrained', 'manifest.json')
+    released = {}
+    if os.path.exists(manifest):
+        with open(manifest) as f:
+            m = json.load(f)
+        released = {r['entry']: r for r in m['checkpoints'] if r['preset'] == args.preset}
+    s = schedule(args.preset)
+    flags = (f'--n-val {s["n_val"]} --steps {s["steps"]} --eval-every {s["eval_every"]} --acc-window '
+             f'{s["acc_window"]} --seed i --split-seed i')
+    lines = [f'<!-- results {args.preset}: begin (written by `python etc/reproduce.py --preset {args.preset} '
+             f'--report --readme`; edit the script, not this block) -->',
+             f'Preset `{args.preset}`, seeds {seeds[0]}–{seeds[-1]} where run (n per row). Every command below also '
+             f'takes `{flags}` (MixMatch rows: `--rampup-steps {s["rampup"]}`). Top-1/top-5: test set, EMA weights '
+             'at the best-val evaluation, mean ± std over seeds. Δ: paired per-seed difference in top-1.', '']
+    for t in args.tables:
+        title, rows = TABLES[t]
+        lines += [f'**{title}** ([details](etc/results/table{t}.md))', '',
+                  '| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | Δ vs labeled-only | '
+                  'Δ vs MixMatch | checkpoint | sha256 |', '|---|---|---|---|---|---|---|---|---|']
+        base_lo, base_mm = rows[0][0], rows[1][0]
+        missing = []
+        for entry, paper in rows:
+            done = [results[(entry, sd)] for sd in seeds if results.get((entry, sd))]
+            _, _, _, session, what = ENTRIES[entry]
+            if not done:
+                missing.append(entry)
+                continue
+            score = (f'{mean_std([r["best_top1"] for r in done])} / {mean_std([r["best_top5"] for r in done])} '
+                     f'({len(done)})')
+            deltas = []
+            for base in (base_lo, base_mm):
+                d = paired(results, entry, base, seeds) if entry != base else []
+                deltas.append(f'{mean_std(d)} ({len(d)})' if d else '')
+            ck = released.get(entry)
+            lines.append(f'| {what} | {session} | {paper or "—"} | `{method_command(entry)}` | {score} | '
+                         f'{deltas[0]} | {deltas[1]} | '
+                         + (f'[{ck["file"]}](pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…` |' if ck else '— | — |'))
+        lines.append(f'\nNot run at this preset: {", ".join(missing)}.\n' if missing else '')
+    lines.append(f'<!-- results {args.preset}: end -->')
+    return '\n'.join(lines)
+
+
+def write_readme(args, seeds, results, path=os.path.join(REPO, 'README.md')):
+    with open(path) as f:
+        text = f.read()
+    block = readme_block(args, seeds, results)
+    m = re.search(rf'<!-- results {args.preset}: begin.*?<!-- results {args.preset}: end -->', text, re.S)
+    if not m:
+        raise UsageError(f'README.md has no "<!-- results {args.preset}: begin" ... "end -->" block to fill')
+    with open(path, 'w') as f:
+        f.write(text[:m.start()] + block + text[m.end():])
     return path
 
 
@@ -304,6 +367,8 @@ def get_args(argv=None):
     p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'))
     p.add_argument('--results-dir', default=os.path.join('etc', 'results'))
     p.add_argument('--report', action='store_true', help='only write the tables from the runs that finished')
+    p.add_argument('--readme', action='store_true',
+                   help='also fill README.md\'s "results <preset>" block (tables, paired differences, checkpoints)')
     p.add_argument('--dry-run', action='store_true', help='print the commands and exit')
     args = p.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.first_seed < 0:
@@ -346,6 +411,8 @@ def main(args):
                 if r:
                     all_results[(e, s)] = r
         print(f'wrote {write_table(t, seeds, args, all_results)}')
+    if args.readme:
+        print(f'wrote {write_readme(args, seeds, all_results)}')
     if failed:
         print(f'error: {len(failed)} run(s) failed: ' + ', '.join(f'{e} seed {s}' for e, s in failed), file=sys.stderr)
         return 1

@@ -69,6 +69,16 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path):
     assert '| mixmatch-few | 21.50 ± 2.12 (2) |  |' in text  # per seed: 81-61 = 20, 79-56 = 23
     assert sorted(os.listdir(tmp_path / 'results' / 'logs' / 'quick')) == [
         'labeled-only-few-s0.jsonl', 'labeled-only-few-s1.jsonl', 'mixmatch-few-s0.jsonl', 'mixmatch-few-s1.jsonl']
+    readme = tmp_path / 'README.md'
+    readme.write_text('intro\n<!-- results quick: begin -->\nold\n<!-- results quick: end -->\nrest\n')
+    results = {(e, s): reproduce.summarize(reproduce.run_dir(str(runs), 'quick', e, s))
+               for e in ('labeled-only-few', 'mixmatch-few') for s in (0, 1)}
+    reproduce.write_readme(args, [0, 1], results, str(readme))
+    text = readme.read_text()
+    assert text.startswith('intro\n<!-- results quick: begin') and text.endswith('<!-- results quick: end -->\nrest\n')
+    assert 'old' not in text and 'Not run at this preset: adaptive-ce-1-few.' in text
+    assert ('| MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --n-labeled 80` | 80.00 ± 1.41 / '
+            '90.00 ± 1.41 (2) | 21.50 ± 2.12 (2) |  |') in text
 
 
 def test_unknown_entry_is_one_line_and_exit_2():
@@ -76,3 +86,20 @@ def test_unknown_entry_is_one_line_and_exit_2():
                         'adaptive-ce-2'], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         'error: --entries: adaptive-ce-2 not in table(s) 1 (choose from labeled-only, mixmatch, fixed-0.8, adaptive-mse)']
+
+
+def test_plot_draws_both_figures_from_the_copied_logs(tmp_path):
+    import plot
+    logs = tmp_path / 'logs' / 'quick'
+    logs.mkdir(parents=True)
+    for entry in ('labeled-only', 'mixmatch', 'adaptive-mse'):
+        for seed in (0, 1):
+            with open(logs / f'{entry}-s{seed}.jsonl', 'w') as f:
+                for step in (128, 256):
+                    f.write(json.dumps({'step': step, 'loss': 1.0, 'loss_u': 0.01, 'mask_ratio': 0.5, 'threshold': 0.6,
+                                        'pseudo_label_acc': 80.0 + seed, 'val_top1': 70.0 + step / 128}) + '\n')
+    assert plot.main(['--preset', 'quick', '--results-dir', str(tmp_path)]) == 0
+    for name in ('quick-figure1-losses.png', 'quick-dynamics.png'):
+        with open(tmp_path / 'figures' / name, 'rb') as f:
+            assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert plot.main(['--preset', 'full', '--results-dir', str(tmp_path)]) == 2  # no logs of that preset
