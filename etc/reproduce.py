@@ -126,10 +126,22 @@ def run_state(out):
         return json.load(f)
 
 
+def write_state(out, info):
+    with open(os.path.join(out, 'reproduce.json'), 'w') as f:
+        json.dump(info, f, indent=1)
+
+
 def launch(entry, seed, args, threads):
     out = run_dir(args.runs_dir, args.preset, entry, seed)
     cmd = command(entry, seed, args.preset, args.device, args.runs_dir)
     os.makedirs(out, exist_ok=True)
+    info = run_state(out)
+    ckpt = os.path.join(out, 'checkpoint.pt')
+    if 'segment_start' in info and os.path.exists(ckpt):  # a call that was killed: count the time up to the
+        kept = os.path.getmtime(ckpt) - info['segment_start']  # checkpoint this run resumes from
+        info['wall_s'] = info.get('wall_s', 0.0) + max(kept, 0.0)
+    info['segment_start'] = time.time()
+    write_state(out, info)
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     if threads:
         env['OMP_NUM_THREADS'] = str(threads)
@@ -148,11 +160,11 @@ def finish(job):
     records = read_log(os.path.join(job['out'], 'log.jsonl'))
     steps = int(job['cmd'][job['cmd'].index('--steps') + 1])
     done = rc == 0 and bool(records) and records[-1]['step'] == steps
+    info.pop('segment_start', None)
     info.update({'entry': job['entry'], 'seed': job['seed'], 'command': 'python ' + ' '.join(job['cmd']),
                  'wall_s': info.get('wall_s', 0.0) + time.time() - job['t0'], 'threads': job['threads'],
                  'done': done, 'returncode': rc, 'steps': steps, 'hardware': hardware()})
-    with open(os.path.join(job['out'], 'reproduce.json'), 'w') as f:
-        json.dump(info, f, indent=1)
+    write_state(job['out'], info)
     return done
 
 
@@ -198,8 +210,8 @@ def summarize(out):
             'median_top1': statistics.median(r['test_top1'] for r in last),
             'median_top5': statistics.median(r['test_top5'] for r in last), 'median_n': len(last),
             'mask_ratio': end.get('mask_ratio'), 'pl_acc': end.get('pseudo_label_acc'), 'steps': end['step'],
-            'wall_s': info['wall_s'], 'hardware': info.get('hardware', '?'), 'device': end.get('device'), 'amp': end.get('amp'), 'git': end.get('git_sha'),
-            'command': info['command']}
+            'wall_s': info['wall_s'], 'hardware': info.get('hardware', '?'), 'device': end.get('device'),
+            'amp': end.get('amp'), 'git': end.get('git_sha'), 'command': info['command']}
 
 
 def mean_std(values, digits=2):
@@ -247,7 +259,8 @@ def write_table(table, seeds, args, results):
         walls += [r['wall_s'] for r in done]
         med_n = min(r['median_n'] for r in done)
         lines.append(
-            f'| {entry}: {what} | {session} | {paper or "—"} | {len(done)} | {mean_std([r["best_top1"] for r in done])}'
+            f'| {entry}: {what} | {session} | {paper or "—"} | {len(done)} | '
+            f'{mean_std([r["best_top1"] for r in done])}'
             f' | {mean_std([r["best_top5"] for r in done])} | {mean_std([r["median_top1"] for r in done])} '
             f'(last {med_n}) | {mean_std([r["median_top5"] for r in done])} | '
             f'{mean_std([r["mask_ratio"] for r in done], 3)} | {mean_std([r["pl_acc"] for r in done], 1)} | '
@@ -305,8 +318,8 @@ def readme_block(args, seeds, results):
     for t in args.tables:
         title, rows = TABLES[t]
         lines += [f'**{title}** ([details](etc/results/table{t}.md))', '',
-                  '| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | Δ vs labeled-only | '
-                  'Δ vs MixMatch | checkpoint | sha256 |', '|---|---|---|---|---|---|---|---|---|']
+                  '| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | '
+                  'Δ vs labeled-only | Δ vs MixMatch | checkpoint | sha256 |', '|---|---|---|---|---|---|---|---|---|']
         base_lo, base_mm = rows[0][0], rows[1][0]
         missing = []
         for entry, paper in rows:
@@ -322,9 +335,9 @@ def readme_block(args, seeds, results):
                 d = paired(results, entry, base, seeds) if entry != base else []
                 deltas.append(f'{mean_std(d)} ({len(d)})' if d else '')
             ck = released.get(entry)
+            checkpoint = f'[{ck["file"]}](pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…`' if ck else '— | —'
             lines.append(f'| {what} | {session} | {paper or "—"} | `{method_command(entry)}` | {score} | '
-                         f'{deltas[0]} | {deltas[1]} | '
-                         + (f'[{ck["file"]}](pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…` |' if ck else '— | — |'))
+                         f'{deltas[0]} | {deltas[1]} | {checkpoint} |')
         lines.append(f'\nNot run at this preset: {", ".join(missing)}.\n' if missing else '')
     lines.append(f'<!-- results {args.preset}: end -->')
     return '\n'.join(lines)

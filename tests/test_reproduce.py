@@ -85,7 +85,8 @@ def test_unknown_entry_is_one_line_and_exit_2():
     r = subprocess.run([sys.executable, os.path.join(REPO, 'etc', 'reproduce.py'), '--table', '1', '--entries',
                         'adaptive-ce-2'], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        'error: --entries: adaptive-ce-2 not in table(s) 1 (choose from labeled-only, mixmatch, fixed-0.8, adaptive-mse)']
+        'error: --entries: adaptive-ce-2 not in table(s) 1 '
+        '(choose from labeled-only, mixmatch, fixed-0.8, adaptive-mse)']
 
 
 def test_plot_draws_both_figures_from_the_copied_logs(tmp_path):
