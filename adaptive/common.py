@@ -500,17 +500,17 @@ def save_atomic(obj, path):
 
 
 def load_checkpoint(path):
-    """A checkpoint of this release, loaded with weights_only (no code runs). A file named <name>-<hex>.pt
-    (the released ones) must have a sha256 that starts with <hex>."""
+    """A checkpoint of this release, loaded with weights_only (no code runs). A file named like the released
+    ones, <entry>-<preset>-s<seed>-<hex>.pt, must have a sha256 that starts with <hex>."""
     if not os.path.isfile(path):
         raise UserError(f'checkpoint not found: {path}')
-    named = re.fullmatch(r'.*-([0-9a-f]{8,64})\.pt', os.path.basename(path))
+    named = re.fullmatch(r'.+-s\d+-([0-9a-f]{8,64})\.pt', os.path.basename(path))
     if named:
         with open(path, 'rb') as f:
             digest = hashlib.file_digest(f, 'sha256').hexdigest()
         if not digest.startswith(named.group(1)):
-            raise UserError(f'{path}: sha256 {digest[:16]}... does not match the {named.group(1)} in its name: the '
-                            f'file is corrupt or was changed; download it again')
+            raise UserError(f'{path}: sha256 {digest[:16]}... does not match the {named.group(1)} in its name (the '
+                            f'released files\' pattern): corrupt or changed; fetch it again, or rename your own file')
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pickle, zip and weights_only errors all mean "not a usable checkpoint"

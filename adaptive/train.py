@@ -204,6 +204,9 @@ def train(args, rt):
         if resume is None and os.path.isdir(out) and os.listdir(out):
             raise UserError(f'run directory {out} is not empty: pass --resume auto to continue it, or another --out')
     ckpt = common.load_checkpoint(resume) if resume else None
+    if ckpt is not None and not all(k in ckpt for k in ('model', 'optimizer', 'step')):
+        raise UserError(f'--resume {resume}: an evaluation checkpoint (best.pt or a released file) cannot be '
+                        f'resumed; pass a run\'s checkpoint.pt')
     if ckpt is not None:
         for key, mine in (('method', METHOD), ('arch', args.arch)):
             if ckpt[key] != mine:
@@ -347,9 +350,9 @@ def train(args, rt):
             if rt.world > 1:
                 stopping = bool(rt.all_reduce(torch.tensor(int(stop.requested), device=dev), 'max'))
             w = meter.peek()
-            log.progress(step, f'loss_x {w["loss_x"]:.3f}  loss_u {w["loss_u"]:.4f}  '
-                               f'mask {w.get("mask_ratio", 0):.2f}  train_acc {w["train_acc"]:.1f}  '
-                               f'{w["ms_per_step"]:.0f} ms/step')
+            mask = f'mask {w["mask_ratio"]:.2f}  ' if 'mask_ratio' in w else 'labeled only  '
+            log.progress(step, f'loss_x {w["loss_x"]:.3f}  loss_u {w["loss_u"]:.4f}  {mask}'
+                               f'train_acc {w["train_acc"]:.1f}  {w["ms_per_step"]:.0f} ms/step')
         if at_eval:
             evaluation = evaluate_and_log(step, meter.read())
             val_acc = tuple(torch.tensor(v, device=dev) for v in rt.broadcast_object(evaluation))

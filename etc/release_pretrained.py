@@ -15,16 +15,22 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'mixmatch'))
 import reproduce  # noqa: E402
+from models import build_model  # noqa: E402
 from verify_pretrained import MANIFEST, REPO, evaluate_file, sha256  # noqa: E402
 
 OUT = os.path.join(REPO, 'pretrained')
 
 
 def slim(best_path):
-    """The parts of a best.pt that --evaluate needs, floating-point weights in fp16."""
+    """The parts of a best.pt that --evaluate needs; the parameters in fp16, the buffers (BatchNorm running
+    statistics, input normalization) as they are."""
     ckpt = torch.load(best_path, map_location='cpu', weights_only=True)
-    ema = {k: v.half() if v.is_floating_point() else v for k, v in ckpt['ema'].items()}
+    channels = ckpt['ema']['mean'].shape[1]
+    model = build_model(ckpt['arch'], ckpt['num_classes'], channels, (0.5,) * channels, (0.5,) * channels, 0.01)
+    params = {name for name, _ in model.named_parameters()}
+    ema = {k: v.half() if k in params else v for k, v in ckpt['ema'].items()}
     return {'ema': ema, **{k: ckpt[k] for k in ('args', 'metrics', 'method', 'arch', 'num_classes', 'classes', 'meta')}}
 
 
@@ -53,11 +59,12 @@ def main(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'))
     args = p.parse_args(argv)
+    os.chdir(REPO)
     rows = []
     for entry, (script, _, _, session, _) in reproduce.ENTRIES.items():
         out = reproduce.run_dir(args.runs_dir, args.preset, entry, args.seed)
         info = reproduce.run_state(out)
-        if not info.get('done'):
+        if not reproduce.is_done(out, reproduce.command(entry, args.seed, args.preset, 'auto', args.runs_dir)):
             print(f'skip {entry}: no finished run in {out}')
             continue
         tmp = os.path.join(OUT, f'.{entry}.tmp')

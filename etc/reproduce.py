@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -127,8 +128,28 @@ def run_state(out):
 
 
 def write_state(out, info):
-    with open(os.path.join(out, 'reproduce.json'), 'w') as f:
+    """reproduce.json, replaced atomically (a kill leaves the old file)."""
+    path = os.path.join(out, 'reproduce.json')
+    with open(path + '.tmp', 'w') as f:
         json.dump(info, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
+def without_device(cmd):
+    """A command line without its --device value: the same run whichever device it ran on."""
+    return re.sub(r' --device \S+', '', cmd)
+
+
+def is_done(out, cmd):
+    """The run finished, with the command the tables ask for now (not an older preset's or entry's flags)."""
+    info = run_state(out)
+    return bool(info.get('done')) and without_device(info.get('command', '')) == without_device('python ' + ' '.join(cmd))
+
+
+def kept_time(out, since):
+    """Seconds from `since` to the run's last checkpoint: the work a resumed run keeps."""
+    ckpt = os.path.join(out, 'checkpoint.pt')
+    return max(os.path.getmtime(ckpt) - since, 0.0) if os.path.exists(ckpt) else 0.0
 
 
 def launch(entry, seed, args, threads):
@@ -136,10 +157,8 @@ def launch(entry, seed, args, threads):
     cmd = command(entry, seed, args.preset, args.device, args.runs_dir)
     os.makedirs(out, exist_ok=True)
     info = run_state(out)
-    ckpt = os.path.join(out, 'checkpoint.pt')
-    if 'segment_start' in info and os.path.exists(ckpt):  # a call that was killed: count the time up to the
-        kept = os.path.getmtime(ckpt) - info['segment_start']  # checkpoint this run resumes from
-        info['wall_s'] = info.get('wall_s', 0.0) + max(kept, 0.0)
+    if 'segment_start' in info:  # a call that was killed: count the time up to the checkpoint it resumes from
+        info['wall_s'] = info.get('wall_s', 0.0) + kept_time(out, info['segment_start'])
     info['segment_start'] = time.time()
     write_state(out, info)
     env = dict(os.environ, PYTHONUNBUFFERED='1')
@@ -161,8 +180,9 @@ def finish(job):
     steps = int(job['cmd'][job['cmd'].index('--steps') + 1])
     done = rc == 0 and bool(records) and records[-1]['step'] == steps
     info.pop('segment_start', None)
+    spent = time.time() - job['t0'] if done else kept_time(job['out'], job['t0'])  # a failed run redoes the rest
     info.update({'entry': job['entry'], 'seed': job['seed'], 'command': 'python ' + ' '.join(job['cmd']),
-                 'wall_s': info.get('wall_s', 0.0) + time.time() - job['t0'], 'threads': job['threads'],
+                 'wall_s': info.get('wall_s', 0.0) + spent, 'threads': job['threads'],
                  'done': done, 'returncode': rc, 'steps': steps, 'hardware': hardware()})
     write_state(job['out'], info)
     return done
@@ -173,6 +193,18 @@ def run_all(todo, args):
     jobs = args.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs) if args.device != 'cuda' else None
     pending, running, failed = list(todo), [], []
+
+    def stop(signum, frame):  # SIGTERM/Ctrl-C: the runs save a checkpoint and exit; a later call resumes them
+        for job in running:
+            job['proc'].send_signal(signal.SIGTERM)
+        for job in running:
+            finish(job)
+        print(f'stopped by signal {signum}; {len(running)} run(s) saved a checkpoint; run the same command to '
+              'continue', file=sys.stderr, flush=True)
+        sys.exit(1)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     while pending or running:
         while pending and len(running) < jobs:
             entry, seed = pending.pop(0)
@@ -194,17 +226,18 @@ def run_all(todo, args):
 # ---------------------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------------------
-def summarize(out):
-    """The numbers of one finished run, from its log.jsonl and reproduce.json; None if it has not finished."""
+def summarize(out, cmd=None):
+    """The numbers of one finished run, from its log.jsonl and reproduce.json; None if it has not finished
+    (or, given the command the tables ask for, if it ran another one)."""
     info = run_state(out)
     records = read_log(os.path.join(out, 'log.jsonl'))
-    if not info.get('done') or not records:
+    if not info.get('done') or not records or (cmd is not None and not is_done(out, cmd)):
         return None
     best = None
     for r in records:  # the training script's rule: the first evaluation with the highest val top-1
-        if best is None or r['val_top1'] > best['val_top1']:
+        if best is None or r['val_top1'] is None or r['val_top1'] > best['val_top1']:
             best = r
-    last = records[-20:]
+    last = [r for r in records if r['test_top1'] is not None][-20:]
     end = records[-1]
     return {'best_top1': best['test_top1'], 'best_top5': best['test_top5'], 'best_step': best['step'],
             'median_top1': statistics.median(r['test_top1'] for r in last),
@@ -359,7 +392,7 @@ def copy_logs(pairs, args):
     """Keep each finished run's log.jsonl under etc/results/logs/<preset>/ (the plots and tables read them)."""
     for entry, seed in pairs:
         src = os.path.join(run_dir(args.runs_dir, args.preset, entry, seed), 'log.jsonl')
-        if run_state(os.path.dirname(src)).get('done'):
+        if os.path.exists(src):
             dst = os.path.join(args.results_dir, 'logs', args.preset, f'{entry}-s{seed}.jsonl')
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copyfile(src, dst)
@@ -367,18 +400,21 @@ def copy_logs(pairs, args):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--table', default='all', choices=('1', '2', '3', 'all'))
+    p.add_argument('--table', default='all', choices=('1', '2', '3', 'all'), help='which paper table(s) to run')
     p.add_argument('--seeds', type=int, default=1, help='number of seeds: first-seed .. first-seed + N - 1')
-    p.add_argument('--first-seed', type=int, default=0)
-    p.add_argument('--preset', default='quick', choices=sorted(PRESETS))
+    p.add_argument('--first-seed', type=int, default=0, help='the first seed (to add seeds to an earlier call)')
+    p.add_argument('--preset', default='quick', choices=sorted(PRESETS),
+                   help=', '.join(f'{k}: {v["steps"]} steps, {v["evals"]} evaluations' for k, v in PRESETS.items()))
     p.add_argument('--entries', default=None,
                    help=f'comma-separated subset of the tables\' entries to run ({", ".join(ENTRIES)})')
-    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='passed to the training scripts')
     p.add_argument('--jobs', type=int, default=1,
                    help='runs at a time; on the CPU each gets cores/jobs threads (2 on a 2-core CPU: ~8%% more '
                         'throughput than 1, with each run half as fast)')
-    p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'))
-    p.add_argument('--results-dir', default=os.path.join('etc', 'results'))
+    p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'),
+                   help='where the runs go (relative paths: to the repository)')
+    p.add_argument('--results-dir', default=os.path.join('etc', 'results'),
+                   help='where the tables and copied logs go (relative paths: to the repository)')
     p.add_argument('--report', action='store_true', help='only write the tables from the runs that finished')
     p.add_argument('--readme', action='store_true',
                    help='also fill README.md\'s "results <preset>" block (tables, paired differences, checkpoints)')
@@ -396,12 +432,13 @@ def get_args(argv=None):
                              f'(choose from {", ".join(dict.fromkeys(entries))})')
         entries = [e for e in entries if e in wanted]
     args.tables, args.entries = tables, list(dict.fromkeys(entries))
-    args.runs_dir = os.path.abspath(args.runs_dir) if os.path.isabs(args.runs_dir) else args.runs_dir
     return args
 
 
 def main(args):
+    os.chdir(REPO)  # the training scripts run from the repository: relative paths are relative to it
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    cmd = lambda e, s: command(e, s, args.preset, args.device, args.runs_dir)
     # seed-major, the longest runs first within a seed, so that seed 0 of every entry finishes first
     pairs = [(e, s) for s in seeds for e in sorted(args.entries, key=lambda e: '--labeled-only' in ENTRIES[e][1])]
     if args.dry_run:
@@ -410,17 +447,17 @@ def main(args):
         return 0
     failed = []
     if not args.report:
-        todo = [(e, s) for e, s in pairs if not run_state(run_dir(args.runs_dir, args.preset, e, s)).get('done')]
+        todo = [(e, s) for e, s in pairs if not is_done(run_dir(args.runs_dir, args.preset, e, s), cmd(e, s))]
         print(f'{len(pairs) - len(todo)} of {len(pairs)} runs already done; running {len(todo)}', flush=True)
         t0 = time.time()
         failed = run_all(todo, args)
         print(f'wall time {(time.time() - t0) / 3600:.2f} h', flush=True)
-    copy_logs(pairs, args)
+    copy_logs([p for p in pairs if is_done(run_dir(args.runs_dir, args.preset, *p), cmd(*p))], args)
     all_results = {}
     for t in args.tables:  # a table lists every seed asked for; entries not run (or not finished) say so
         for e, _ in TABLES[t][1]:
             for s in seeds:
-                r = summarize(run_dir(args.runs_dir, args.preset, e, s))
+                r = summarize(run_dir(args.runs_dir, args.preset, e, s), cmd(e, s))
                 if r:
                     all_results[(e, s)] = r
         print(f'wrote {write_table(t, seeds, args, all_results)}')

@@ -79,6 +79,7 @@ CASES = [
     ('mixmatch', ['--evaluate', '{not_ckpt}'], 'cannot load checkpoint {not_ckpt}'),
     ('adaptive', ['--evaluate', '{run}/best.pt', '--data-root', '{nsml_bad_label}'], 'trained on 3 classes, the data has 6'),
     ('fixed', ['--evaluate', '{renamed}'], 'does not match the 00000000 in its name'),
+    ('adaptive', ['--resume', '{run}/best.pt'], 'an evaluation checkpoint (best.pt or a released file) cannot'),
 ]
 
 

@@ -37,20 +37,22 @@ def test_every_table_has_a_labeled_only_row_with_its_label_count():
         assert len({reproduce.ENTRIES[e][2] for e in entries}) == 1  # one label count per table
 
 
-def fake_run(root, entry, seed, val, test, done=True):
+def fake_run(root, entry, seed, val, test, done=True, preset='quick'):
     """A finished run directory as the training script and reproduce.py leave it."""
-    out = reproduce.run_dir(str(root), 'quick', entry, seed)
+    out = reproduce.run_dir(str(root), preset, entry, seed)
     os.makedirs(out)
     with open(os.path.join(out, 'log.jsonl'), 'w') as f:
         for i, (v, t) in enumerate(zip(val, test)):
             f.write(json.dumps({'step': 128 * (i + 1), 'val_top1': v, 'test_top1': t, 'test_top5': t + 10,
                                 'mask_ratio': 0.5, 'pseudo_label_acc': 90.0, 'device': 'cpu (2 threads)',
                                 'amp': 'bf16'}) + '\n')
+    cmd = 'python ' + ' '.join(reproduce.command(entry, seed, preset, 'cpu', str(root)))
     with open(os.path.join(out, 'reproduce.json'), 'w') as f:
-        json.dump({'done': done, 'wall_s': 600.0, 'command': f'python x/train.py --seed {seed}'}, f)
+        json.dump({'done': done, 'wall_s': 600.0, 'command': cmd}, f)
 
 
-def test_tables_use_first_best_val_median_and_paired_differences(tmp_path):
+def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository; undone after the test
     runs = tmp_path / 'runs'
     fake_run(runs, 'labeled-only-few', 0, [50, 60, 60], [51, 61, 62])  # ties: the first best val wins
     fake_run(runs, 'labeled-only-few', 1, [50, 55, 40], [53, 56, 41])
@@ -104,3 +106,14 @@ def test_plot_draws_both_figures_from_the_copied_logs(tmp_path):
         with open(tmp_path / 'figures' / name, 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     assert plot.main(['--preset', 'full', '--results-dir', str(tmp_path)]) == 2  # no logs of that preset
+
+
+def test_median_covers_the_last_20_evaluations_and_other_presets_do_not_count(tmp_path):
+    runs = tmp_path / 'runs'
+    fake_run(runs, 'mixmatch', 0, list(range(30)), [float(t) for t in range(100, 130)])
+    r = reproduce.summarize(reproduce.run_dir(str(runs), 'quick', 'mixmatch', 0),
+                            reproduce.command('mixmatch', 0, 'quick', 'auto', str(runs)))
+    assert (r['median_n'], r['median_top1'], r['best_top1']) == (20, 119.5, 129.0)  # median of 110..129
+    # a finished run of the quick preset is not a finished run of medium, even in the same folder
+    assert not reproduce.is_done(reproduce.run_dir(str(runs), 'quick', 'mixmatch', 0),
+                                 reproduce.command('mixmatch', 0, 'medium', 'auto', str(runs)))
