@@ -1,5 +1,5 @@
-"""Figures from the reproduction runs' logs (etc/results/logs/<preset>/<entry>-s<seed>.jsonl, one record per
-evaluation; copied there by etc/reproduce.py):
+"""Figures from the reproduction runs' logs (etc/results/logs/<preset>/<entry>/s<seed>/log.jsonl, one record
+per evaluation; archived there by etc/reproduce.py):
 
     python etc/plot.py --preset quick
 
@@ -15,7 +15,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 
 import matplotlib
@@ -33,12 +32,11 @@ DYNAMICS = ['labeled-only', 'mixmatch', 'fixed-0.8', 'adaptive-mse', 'adaptive-c
 
 
 def load(logs_dir):
-    """{entry: [records of seed 0, seed 1, ...]}"""
+    """{entry: [records of seed 0, seed 1, ...]} from <logs_dir>/<entry>/s<seed>/log.jsonl"""
     runs = {}
-    for path in sorted(glob.glob(os.path.join(logs_dir, '*.jsonl'))):
-        m = re.fullmatch(r'(.+)-s(\d+)\.jsonl', os.path.basename(path))
-        if m:
-            runs.setdefault(m.group(1), []).append(reproduce.read_log(path))
+    for path in sorted(glob.glob(os.path.join(logs_dir, '*', 's*', 'log.jsonl'))):
+        entry = os.path.basename(os.path.dirname(os.path.dirname(path)))
+        runs.setdefault(entry, []).append(reproduce.read_log(path))
     return runs
 
 

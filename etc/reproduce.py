@@ -388,14 +388,27 @@ def write_readme(args, seeds, results, path=os.path.join(REPO, 'README.md')):
     return path
 
 
-def copy_logs(pairs, args):
-    """Keep each finished run's log.jsonl under etc/results/logs/<preset>/ (the plots and tables read them)."""
+def archive_dir(args, entry, seed):
+    """Where a finished run's log.jsonl and reproduce.json are kept (committed): the tables and plots read them,
+    so runs finished on other machines or in earlier sessions count without their checkpoints."""
+    return run_dir(os.path.join(args.results_dir, 'logs'), args.preset, entry, seed)
+
+
+def archive(pairs, args):
     for entry, seed in pairs:
-        src = os.path.join(run_dir(args.runs_dir, args.preset, entry, seed), 'log.jsonl')
-        if os.path.exists(src):
-            dst = os.path.join(args.results_dir, 'logs', args.preset, f'{entry}-s{seed}.jsonl')
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.copyfile(src, dst)
+        src, dst = run_dir(args.runs_dir, args.preset, entry, seed), archive_dir(args, entry, seed)
+        os.makedirs(dst, exist_ok=True)
+        for name in ('log.jsonl', 'reproduce.json'):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
+def finished_dir(args, entry, seed):
+    """The run directory if the run finished there, else its archived copy if that finished, else None."""
+    cmd = command(entry, seed, args.preset, args.device, args.runs_dir)
+    for out in (run_dir(args.runs_dir, args.preset, entry, seed), archive_dir(args, entry, seed)):
+        if is_done(out, cmd):
+            return out
+    return None
 
 
 def get_args(argv=None):
@@ -438,7 +451,6 @@ def get_args(argv=None):
 def main(args):
     os.chdir(REPO)  # the training scripts run from the repository: relative paths are relative to it
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    cmd = lambda e, s: command(e, s, args.preset, args.device, args.runs_dir)
     # seed-major, the longest runs first within a seed, so that seed 0 of every entry finishes first
     pairs = [(e, s) for s in seeds for e in sorted(args.entries, key=lambda e: '--labeled-only' in ENTRIES[e][1])]
     if args.dry_run:
@@ -447,17 +459,18 @@ def main(args):
         return 0
     failed = []
     if not args.report:
-        todo = [(e, s) for e, s in pairs if not is_done(run_dir(args.runs_dir, args.preset, e, s), cmd(e, s))]
+        todo = [(e, s) for e, s in pairs if not finished_dir(args, e, s)]
         print(f'{len(pairs) - len(todo)} of {len(pairs)} runs already done; running {len(todo)}', flush=True)
         t0 = time.time()
         failed = run_all(todo, args)
         print(f'wall time {(time.time() - t0) / 3600:.2f} h', flush=True)
-    copy_logs([p for p in pairs if is_done(run_dir(args.runs_dir, args.preset, *p), cmd(*p))], args)
+    archive([p for p in pairs if finished_dir(args, *p) == run_dir(args.runs_dir, args.preset, *p)], args)
     all_results = {}
     for t in args.tables:  # a table lists every seed asked for; entries not run (or not finished) say so
         for e, _ in TABLES[t][1]:
             for s in seeds:
-                r = summarize(run_dir(args.runs_dir, args.preset, e, s), cmd(e, s))
+                out = finished_dir(args, e, s)
+                r = out and summarize(out)
                 if r:
                     all_results[(e, s)] = r
         print(f'wrote {write_table(t, seeds, args, all_results)}')

@@ -2,6 +2,7 @@
 seeds, and the tables it writes follow the training scripts' own best-val and median rules."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -69,11 +70,15 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert '| mixmatch-few: MixMatch, few labels | 478 | 59.58 | 2 | 80.00 ± 1.41 |' in text
     assert '| adaptive-ce-1-few: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | 0 | not run |' in text
     assert '| mixmatch-few | 21.50 ± 2.12 (2) |  |' in text  # per seed: 81-61 = 20, 79-56 = 23
-    assert sorted(os.listdir(tmp_path / 'results' / 'logs' / 'quick')) == [
-        'labeled-only-few-s0.jsonl', 'labeled-only-few-s1.jsonl', 'mixmatch-few-s0.jsonl', 'mixmatch-few-s1.jsonl']
+    archived = tmp_path / 'results' / 'logs' / 'quick'
+    assert sorted(os.listdir(archived)) == ['labeled-only-few', 'mixmatch-few']
+    assert sorted(os.listdir(archived / 'mixmatch-few' / 's1')) == ['log.jsonl', 'reproduce.json']
+    # the archive alone (a later session, without the run directories) gives the same table
+    shutil.rmtree(runs)
+    assert reproduce.main(args) == 0 and open(tmp_path / 'results' / 'table3.md').read() == text
     readme = tmp_path / 'README.md'
     readme.write_text('intro\n<!-- results quick: begin -->\nold\n<!-- results quick: end -->\nrest\n')
-    results = {(e, s): reproduce.summarize(reproduce.run_dir(str(runs), 'quick', e, s))
+    results = {(e, s): reproduce.summarize(reproduce.finished_dir(args, e, s))
                for e in ('labeled-only-few', 'mixmatch-few') for s in (0, 1)}
     reproduce.write_readme(args, [0, 1], results, str(readme))
     text = readme.read_text()
@@ -93,11 +98,11 @@ def test_unknown_entry_is_one_line_and_exit_2():
 
 def test_plot_draws_both_figures_from_the_copied_logs(tmp_path):
     import plot
-    logs = tmp_path / 'logs' / 'quick'
-    logs.mkdir(parents=True)
     for entry in ('labeled-only', 'mixmatch', 'adaptive-mse'):
         for seed in (0, 1):
-            with open(logs / f'{entry}-s{seed}.jsonl', 'w') as f:
+            logs = tmp_path / 'logs' / 'quick' / entry / f's{seed}'
+            logs.mkdir(parents=True)
+            with open(logs / 'log.jsonl', 'w') as f:
                 for step in (128, 256):
                     f.write(json.dumps({'step': step, 'loss': 1.0, 'loss_u': 0.01, 'mask_ratio': 0.5, 'threshold': 0.6,
                                         'pseudo_label_acc': 80.0 + seed, 'val_top1': 70.0 + step / 128}) + '\n')
