@@ -40,6 +40,9 @@ def load(logs_dir):
     return runs
 
 
+COLORS = {e: f'C{i}' for i, e in enumerate(DYNAMICS)}  # one color per entry in every panel
+
+
 def curve(ax, runs, entry, key, label=None, scale=1.0):
     """Mean over seeds (and min-max band) of `key` against step; skips entries without the key."""
     seeds = [[(r['step'], r[key] * scale) for r in recs if r.get(key) is not None] for recs in runs.get(entry, [])]
@@ -49,7 +52,7 @@ def curve(ax, runs, entry, key, label=None, scale=1.0):
     n = min(len(s) for s in seeds)
     steps = [p[0] for p in seeds[0][:n]]
     values = [[s[i][1] for s in seeds] for i in range(n)]
-    line, = ax.plot(steps, [sum(v) / len(v) for v in values], marker='.', label=label or entry)
+    line, = ax.plot(steps, [sum(v) / len(v) for v in values], marker='.', label=label or entry, color=COLORS[entry])
     if len(seeds) > 1:
         ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
 
@@ -96,7 +99,7 @@ def main(argv=None):
             curve(ax, runs, e, key, scale=scale)
         ax.set_title(title if key != 'mask_ratio' else title + ' (%)')
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[1][1].legend(fontsize=8)  # the val panel has every entry, labeled-only included
     for ax in axes[1]:
         ax.set_xlabel('step')
     fig.suptitle(f'Training dynamics on Fashion-MNIST, 250 labels ({args.preset} preset, {n_seeds} seed(s))',

@@ -345,14 +345,18 @@ def readme_block(args, seeds, results):
              f'{s["acc_window"]} --seed i --split-seed i')
     lines = [f'<!-- results {args.preset}: begin (written by `python etc/reproduce.py --preset {args.preset} '
              f'--report --readme`; edit the script, not this block) -->',
-             f'Preset `{args.preset}`, seeds {seeds[0]}–{seeds[-1]} where run (n per row). Every command below also '
+             f'Preset `{args.preset}`, {"seed " + str(seeds[0]) if len(seeds) == 1 else f"seeds {seeds[0]}–{seeds[-1]}"}'
+             f' where run (n per row), on {"; ".join(sorted({r["hardware"] for r in results.values()})) or "—"}. '
+             'Every command below also '
              f'takes `{flags}` (MixMatch rows: `--rampup-steps {s["rampup"]}`). Top-1/top-5: test set, EMA weights '
-             'at the best-val evaluation, mean ± std over seeds. Δ: paired per-seed difference in top-1.', '']
+             'at the best-val evaluation, mean ± std over seeds. Δ: paired per-seed difference in top-1 (row minus '
+             'column). Checkpoint: seed 0\'s, with the numbers its file gives in pretrained/README.md.', '']
     for t in args.tables:
         title, rows = TABLES[t]
-        lines += [f'**{title}** ([details](etc/results/table{t}.md))', '',
-                  '| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | '
-                  'Δ vs labeled-only | Δ vs MixMatch | checkpoint | sha256 |', '|---|---|---|---|---|---|---|---|---|']
+        lines += [f'**{title}** ([details](etc/results/table{t}.md))', '']
+        if any(results.get((e, sd)) for e, _ in rows for sd in seeds):
+            lines += ['| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | '
+                      'Δ vs labeled-only | Δ vs MixMatch | checkpoint | sha256 |', '|---|---|---|---|---|---|---|---|---|']
         base_lo, base_mm = rows[0][0], rows[1][0]
         missing = []
         for entry, paper in rows:
@@ -372,6 +376,8 @@ def readme_block(args, seeds, results):
             lines.append(f'| {what} | {session} | {paper or "—"} | `{method_command(entry)}` | {score} | '
                          f'{deltas[0]} | {deltas[1]} | {checkpoint} |')
         lines.append(f'\nNot run at this preset: {", ".join(missing)}.\n' if missing else '')
+        if len(missing) == len(rows):
+            lines[-1] = lines[-1].lstrip('\n')
     lines.append(f'<!-- results {args.preset}: end -->')
     return '\n'.join(lines)
 
