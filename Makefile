@@ -1,6 +1,6 @@
 # make demo: set up (virtual environment, pinned requirements, Fashion-MNIST from Debian when apt exists) and
 #            train the adaptive method on Fashion-MNIST with 250 labels for a short schedule (~10 min, 2-core CPU)
-# make test: set up, then run the test suite on the CPU
+# make test: set up, then run the test suite on the CPU and re-evaluate the released checkpoints
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -30,6 +30,7 @@ demo: setup data
 
 test: setup data
 	$(PY) -m pytest -q tests
+	$(PY) etc/verify_pretrained.py
 
 clean:
 	rm -rf $(VENV) runs
