@@ -5,7 +5,8 @@ and listed in pretrained/manifest.json and pretrained/README.md.
 
     python etc/release_pretrained.py --preset quick --seed 0
 
-Files of earlier releases that the new manifest no longer lists are removed.
+An entry without a finished run directory here keeps the file and manifest row of an earlier release of the
+same preset and seed; files that the new manifest no longer lists are removed.
 """
 import argparse
 import json
@@ -60,12 +61,22 @@ def main(argv=None):
     p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'))
     args = p.parse_args(argv)
     os.chdir(REPO)
+    earlier = {}
+    if os.path.exists(MANIFEST):  # rows whose run directory is gone (another session or machine) are kept
+        with open(MANIFEST) as f:
+            m = json.load(f)
+        earlier = {r['entry']: r for r in m['checkpoints'] if (r['preset'], r['seed']) == (args.preset, args.seed)
+                   and os.path.exists(os.path.join(OUT, r['file']))}
     rows = []
     for entry, (script, _, _, session, _) in reproduce.ENTRIES.items():
         out = reproduce.run_dir(args.runs_dir, args.preset, entry, args.seed)
         info = reproduce.run_state(out)
         if not reproduce.is_done(out, reproduce.command(entry, args.seed, args.preset, 'auto', args.runs_dir)):
-            print(f'skip {entry}: no finished run in {out}')
+            if entry in earlier:
+                rows.append(earlier[entry])
+                print(f'keep {earlier[entry]["file"]}: released earlier, no run directory here')
+            else:
+                print(f'skip {entry}: no finished run in {out}')
             continue
         tmp = os.path.join(OUT, f'.{entry}.tmp')
         ckpt = slim(os.path.join(out, 'best.pt'))
