@@ -309,8 +309,15 @@ def write_table(table, seeds, args, results):
                 cells.append('')
                 continue
             d = paired(results, entry, base, seeds)
-            cells.append(f'{mean_std(d)} ({len(d)})' if d else '—')
+            per_seed = f'; per seed {", ".join(f"{x:+.2f}" for x in d)}' if len(d) > 1 else ''
+            cells.append(f'{mean_std(d)} ({len(d)}{per_seed})' if d else '—')
         lines.append(f'| {entry} | {cells[0]} | {cells[1]} |')
+    if len(seeds) > 1:  # the numbers the differences come from
+        lines += ['', 'Test top-1 at the best-val checkpoint, per seed:', '',
+                  '| seed | ' + ' | '.join(e for e, _ in rows) + ' |', '|---|' + '---|' * len(rows)]
+        for seed in seeds:
+            cells = [f'{results[(e, seed)]["best_top1"]:.2f}' if results.get((e, seed)) else '—' for e, _ in rows]
+            lines.append(f'| {seed} | ' + ' | '.join(cells) + ' |')
     lines += ['', f'Hardware: {"; ".join(sorted(devices)) or "—"}. Run time of all runs of this table: '
               f'{sum(walls) / 3600:.2f} h (runs sharing the machine overlap in wall-clock time).', '',
               'Commands:', '']

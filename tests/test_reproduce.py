@@ -69,7 +69,9 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert '| labeled-only-few: labeled only, few labels | 458-465 | — | 2 | 58.50 ± 3.54 |' in text
     assert '| mixmatch-few: MixMatch, few labels | 478 | 59.58 | 2 | 80.00 ± 1.41 |' in text
     assert '| adaptive-ce-1-few: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | 0 | not run |' in text
-    assert '| mixmatch-few | 21.50 ± 2.12 (2) |  |' in text  # per seed: 81-61 = 20, 79-56 = 23
+    assert '| mixmatch-few | 21.50 ± 2.12 (2; per seed +20.00, +23.00) |  |' in text  # 81-61, 79-56
+    assert '| seed | labeled-only-few | mixmatch-few | adaptive-ce-1-few |' in text
+    assert '| 0 | 61.00 | 81.00 | — |' in text and '| 1 | 56.00 | 79.00 | — |' in text
     archived = tmp_path / 'results' / 'logs' / 'quick'
     assert sorted(os.listdir(archived)) == ['labeled-only-few', 'mixmatch-few']
     assert sorted(os.listdir(archived / 'mixmatch-few' / 's1')) == ['log.jsonl', 'reproduce.json']
