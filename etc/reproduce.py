@@ -188,10 +188,15 @@ def finish(job):
     return done
 
 
+def threads_for(cores, jobs, left):
+    """CPU threads for a run that starts while `left` runs (itself included) are running or waiting: cores/jobs,
+    but the last runs share the cores that the finished ones leave (the last lone run gets all of them)."""
+    return max(1, cores // max(1, min(jobs, left)))
+
+
 def run_all(todo, args):
     """Run (entry, seed) pairs, --jobs at a time; returns the pairs that failed."""
     jobs = args.jobs
-    threads = max(1, (os.cpu_count() or 1) // jobs) if args.device != 'cuda' else None
     pending, running, failed = list(todo), [], []
 
     def stop(signum, frame):  # SIGTERM/Ctrl-C: the runs save a checkpoint and exit; a later call resumes them
@@ -208,8 +213,11 @@ def run_all(todo, args):
     while pending or running:
         while pending and len(running) < jobs:
             entry, seed = pending.pop(0)
+            threads = (threads_for(os.cpu_count() or 1, jobs, len(running) + 1 + len(pending))
+                       if args.device != 'cuda' else None)
             job = launch(entry, seed, args, threads)
-            print(f'[{time.strftime("%H:%M:%S")}] start {entry} seed {seed}: python {" ".join(job["cmd"])}',
+            print(f'[{time.strftime("%H:%M:%S")}] start {entry} seed {seed}'
+                  f'{f" ({threads} CPU threads)" if threads else ""}: python {" ".join(job["cmd"])}',
                   flush=True)
             running.append(job)
         time.sleep(2)
@@ -435,8 +443,8 @@ def get_args(argv=None):
                    help=f'comma-separated subset of the tables\' entries to run ({", ".join(ENTRIES)})')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='passed to the training scripts')
     p.add_argument('--jobs', type=int, default=1,
-                   help='runs at a time; on the CPU each gets cores/jobs threads (2 on a 2-core CPU: ~8%% more '
-                        'throughput than 1, with each run half as fast)')
+                   help='runs at a time; on the CPU each gets cores/jobs threads, and the last runs share the cores the '
+                        'finished ones leave (2 on a 2-core CPU: ~8%% more throughput than 1, with each run half as fast)')
     p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'),
                    help='where the runs go (relative paths: to the repository)')
     p.add_argument('--results-dir', default=os.path.join('etc', 'results'),

@@ -90,6 +90,13 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
             '90.00 ± 1.41 (2) | 21.50 ± 2.12 (2) |  |') in text
 
 
+def test_cpu_threads_split_the_cores_and_the_last_lone_run_gets_them_all():
+    # 2 cores, --jobs 2, three runs: the first two share the cores, the last one (alone) gets both
+    assert [reproduce.threads_for(2, 2, left) for left in (3, 2, 1)] == [1, 1, 2]
+    assert reproduce.threads_for(16, 4, 10) == 4 and reproduce.threads_for(16, 4, 2) == 8
+    assert reproduce.threads_for(1, 4, 4) == 1  # never zero threads
+
+
 def test_unknown_entry_is_one_line_and_exit_2():
     r = subprocess.run([sys.executable, os.path.join(REPO, 'etc', 'reproduce.py'), '--table', '1', '--entries',
                         'adaptive-ce-2'], capture_output=True, text=True)
