@@ -1,6 +1,6 @@
 """Reproduce the paper's tables on the public stand-in (Fashion-MNIST, WRN-28-2): run every entry of a table with
 the three training scripts (as subprocesses, with the flags written in the tables below), then collect each
-run's log.jsonl into etc/results/table{1,2,3}.md.
+run's log.jsonl into etc/results/<preset>/table{1,2,3}.md.
 
     python etc/reproduce.py --table all --seeds 1 --preset quick --jobs 2   # pipeline check, ~2 h on 2 CPU cores
     python etc/reproduce.py --table 2 --entries labeled-only,mixmatch,adaptive-ce-1 --seeds 3 --preset medium \
@@ -273,6 +273,11 @@ def hardware():
     return f'{model or "unknown CPU"}, {os.cpu_count()} cores'
 
 
+def table_path(args, table):
+    """One file per preset and table: a medium or full run never overwrites the quick tables."""
+    return os.path.join(args.results_dir, args.preset, f'table{table}.md')
+
+
 def write_table(table, seeds, args, results):
     title, rows = TABLES[table]
     s = schedule(args.preset)
@@ -334,8 +339,8 @@ def write_table(table, seeds, args, results):
             r = results.get((entry, seed))
             if r:
                 lines.append(f'    {r["command"]}')
-    path = os.path.join(args.results_dir, f'table{table}.md')
-    os.makedirs(args.results_dir, exist_ok=True)
+    path = table_path(args, table)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
         f.write('\n'.join(lines) + '\n')
     return path
@@ -368,7 +373,7 @@ def readme_block(args, seeds, results):
              'column). Checkpoint: seed 0\'s, with the numbers its file gives in pretrained/README.md.', '']
     for t in args.tables:
         title, rows = TABLES[t]
-        lines += [f'**{title}** ([details](etc/results/table{t}.md))', '']
+        lines += [f'**{title}** ([details]({os.path.relpath(table_path(args, t), REPO)}))', '']
         if any(results.get((e, sd)) for e, _ in rows for sd in seeds):
             lines += ['| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | '
                       'Δ vs labeled-only | Δ vs MixMatch | checkpoint | sha256 |', '|---|---|---|---|---|---|---|---|---|']

@@ -65,7 +65,7 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     args = reproduce.get_args(['--table', '3', '--seeds', '2', '--runs-dir', str(runs), '--results-dir',
                                str(tmp_path / 'results'), '--report'])
     assert reproduce.main(args) == 0
-    text = open(tmp_path / 'results' / 'table3.md').read()
+    text = open(tmp_path / 'results' / 'quick' / 'table3.md').read()
     assert '| labeled-only-few: labeled only, few labels | 458-465 | — | 2 | 58.50 ± 3.54 |' in text
     assert '| mixmatch-few: MixMatch, few labels | 478 | 59.58 | 2 | 80.00 ± 1.41 |' in text
     assert '| adaptive-ce-1-few: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | 0 | not run |' in text
@@ -77,7 +77,12 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert sorted(os.listdir(archived / 'mixmatch-few' / 's1')) == ['log.jsonl', 'reproduce.json']
     # the archive alone (a later session, without the run directories) gives the same table
     shutil.rmtree(runs)
-    assert reproduce.main(args) == 0 and open(tmp_path / 'results' / 'table3.md').read() == text
+    assert reproduce.main(args) == 0 and open(tmp_path / 'results' / 'quick' / 'table3.md').read() == text
+    # another preset writes its own tables and leaves these alone
+    medium = reproduce.get_args(['--table', '3', '--preset', 'medium', '--runs-dir', str(runs), '--results-dir',
+                                 str(tmp_path / 'results'), '--report'])
+    assert reproduce.main(medium) == 0 and 'not run' in open(tmp_path / 'results' / 'medium' / 'table3.md').read()
+    assert open(tmp_path / 'results' / 'quick' / 'table3.md').read() == text
     readme = tmp_path / 'README.md'
     readme.write_text('intro\n<!-- results quick: begin -->\nold\n<!-- results quick: end -->\nrest\n')
     results = {(e, s): reproduce.summarize(reproduce.finished_dir(args, e, s))
