@@ -255,13 +255,15 @@ def summarize(out, cmd=None):
             'amp': end.get('amp'), 'git': end.get('git_sha'), 'command': info['command']}
 
 
-def mean_std(values, digits=2):
+def mean_std(values, digits=2, signed=False):
+    """Mean ± sample standard deviation (n - 1); signed: differences carry their sign (+0.07, -1.46)."""
     values = [v for v in values if v is not None]
     if not values:
         return '—'
+    sign = '+' if signed else ''
     if len(values) == 1:
-        return f'{values[0]:.{digits}f}'
-    return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
+        return f'{values[0]:{sign}.{digits}f}'
+    return f'{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}'
 
 
 def hardware():
@@ -284,11 +286,14 @@ def write_table(table, seeds, args, results):
     lines = [f'# {title}', '',
              f'Preset `{args.preset}`: {s["steps"]} steps, an evaluation every {s["eval_every"]} steps '
              f'({s["evals"]} in all), `--acc-window {s["acc_window"]}`, MixMatch `--rampup-steps {s["rampup"]}`, '
-             f'`--n-val {s["n_val"]}`; seeds {", ".join(map(str, seeds))} (`--seed i --split-seed i`). '
-             'Fashion-MNIST, WRN-28-2, test set of 10,000 images, fp32 evaluation of the EMA weights.', '',
-             f'Produced by `python etc/reproduce.py --table {table} --seeds {len(seeds)}'
-             f'{"" if seeds[0] == 0 else f" --first-seed {seeds[0]}"} --preset {args.preset}`; '
-             'commands per seed below.', '',
+             f'`--n-val {s["n_val"]}`; seeds {", ".join(map(str, seeds))} asked (`--seed i --split-seed i`), n per '
+             'row finished. Fashion-MNIST, WRN-28-2, test set of 10,000 images, fp32 evaluation of the EMA weights. '
+             'Mean ± sample standard deviation (n − 1) over seeds. Median: over the last 20 evaluations, or all of '
+             'them when the preset has fewer.', '',
+             f'Collected by `python etc/reproduce.py --table {table} --seeds {len(seeds)}'
+             f'{"" if seeds[0] == 0 else f" --first-seed {seeds[0]}"} --preset {args.preset} --report` from the '
+             f'runs that finished, here or archived in etc/results/logs/{args.preset} (runs of several calls, '
+             'sessions or machines add up); the exact command of every run is below.', '',
              '| entry | session | paper top-1 (NAVER) | n | test top-1 @ best val | top-5 @ best val | '
              'test top-1, median of last evals | top-5, median | mask ratio (end) | pseudo-label acc (end) | '
              'steps | wall / run |',
@@ -323,7 +328,7 @@ def write_table(table, seeds, args, results):
                 continue
             d = paired(results, entry, base, seeds)
             per_seed = f'; per seed {", ".join(f"{x:+.2f}" for x in d)}' if len(d) > 1 else ''
-            cells.append(f'{mean_std(d)} ({len(d)}{per_seed})' if d else '—')
+            cells.append(f'{mean_std(d, signed=True)} ({len(d)}{per_seed})' if d else '—')
         lines.append(f'| {entry} | {cells[0]} | {cells[1]} |')
     if len(seeds) > 1:  # the numbers the differences come from
         lines += ['', 'Test top-1 at the best-val checkpoint, per seed:', '',
@@ -369,7 +374,7 @@ def readme_block(args, seeds, results):
              f' where run (n per row), on {"; ".join(sorted({r["hardware"] for r in results.values()})) or "—"}. '
              'Every command below also '
              f'takes `{flags}` (MixMatch rows: `--rampup-steps {s["rampup"]}`). Top-1/top-5: test set, EMA weights '
-             'at the best-val evaluation, mean ± std over seeds. Δ: paired per-seed difference in top-1 (row minus '
+             'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in top-1 (row minus '
              'column). Checkpoint: seed 0\'s, with the numbers its file gives in pretrained/README.md.', '']
     for t in args.tables:
         title, rows = TABLES[t]
@@ -390,7 +395,7 @@ def readme_block(args, seeds, results):
             deltas = []
             for base in (base_lo, base_mm):
                 d = paired(results, entry, base, seeds) if entry != base else []
-                deltas.append(f'{mean_std(d)} ({len(d)})' if d else '')
+                deltas.append(f'{mean_std(d, signed=True)} ({len(d)})' if d else '')
             ck = released.get(entry)
             checkpoint = f'[{ck["file"]}](pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…`' if ck else '— | —'
             lines.append(f'| {what} | {session} | {paper or "—"} | `{method_command(entry)}` | {score} | '

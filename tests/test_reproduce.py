@@ -69,7 +69,10 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert '| labeled-only-few: labeled only, few labels | 458-465 | — | 2 | 58.50 ± 3.54 |' in text
     assert '| mixmatch-few: MixMatch, few labels | 478 | 59.58 | 2 | 80.00 ± 1.41 |' in text
     assert '| adaptive-ce-1-few: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | 0 | not run |' in text
-    assert '| mixmatch-few | 21.50 ± 2.12 (2; per seed +20.00, +23.00) |  |' in text  # 81-61, 79-56
+    assert '| mixmatch-few | +21.50 ± 2.12 (2; per seed +20.00, +23.00) |  |' in text  # 81-61, 79-56
+    assert 'seeds 0, 1 asked' in text and 'sample standard deviation (n − 1)' in text
+    assert reproduce.mean_std([-1.456], signed=True) == '-1.46'
+    assert reproduce.mean_std([1, 3], signed=True) == '+2.00 ± 1.41'
     assert '| seed | labeled-only-few | mixmatch-few | adaptive-ce-1-few |' in text
     assert '| 0 | 61.00 | 81.00 | — |' in text and '| 1 | 56.00 | 79.00 | — |' in text
     archived = tmp_path / 'results' / 'logs' / 'quick'
@@ -92,7 +95,7 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert text.startswith('intro\n<!-- results quick: begin') and text.endswith('<!-- results quick: end -->\nrest\n')
     assert 'old' not in text and 'Not run at this preset: adaptive-ce-1-few.' in text
     assert ('| MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --n-labeled 80` | 80.00 ± 1.41 / '
-            '90.00 ± 1.41 (2) | 21.50 ± 2.12 (2) |  |') in text
+            '90.00 ± 1.41 (2) | +21.50 ± 2.12 (2) |  |') in text
 
 
 def test_cpu_threads_split_the_cores_and_the_last_lone_run_gets_them_all():
