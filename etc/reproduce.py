@@ -317,7 +317,7 @@ def write_table(table, seeds, args, results):
             f'{mean_std([r["mask_ratio"] for r in done], 3)} | {mean_std([r["pl_acc"] for r in done], 1)} | '
             f'{done[0]["steps"]} | {mean_std([r["wall_s"] / 60 for r in done], 0)} min |')
     lines += ['', '**Paired differences** (same seed, same labeled images and initialization), test top-1 at the '
-              'best-val checkpoint, mean ± std over seeds (n):', '',
+              'best-val checkpoint, mean ± sample std over seeds (n):', '',
               '| entry | − labeled-only | − MixMatch |', '|---|---|---|']
     base_lo, base_mm = rows[0][0], rows[1][0]
     for entry, _ in rows[1:]:
@@ -374,8 +374,8 @@ def readme_block(args, seeds, results):
              f' where run (n per row), on {"; ".join(sorted({r["hardware"] for r in results.values()})) or "—"}. '
              'Every command below also '
              f'takes `{flags}` (MixMatch rows: `--rampup-steps {s["rampup"]}`). Top-1/top-5: test set, EMA weights '
-             'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in top-1 (row minus '
-             'column). Checkpoint: seed 0\'s, with the numbers its file gives in pretrained/README.md.', '']
+             'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in '
+             'top-1 (row minus column). Checkpoint: seed 0\'s, with the numbers its file gives in pretrained/README.md.', '']
     for t in args.tables:
         title, rows = TABLES[t]
         lines += [f'**{title}** ([details]({os.path.relpath(table_path(args, t), REPO)}))', '']
@@ -453,8 +453,9 @@ def get_args(argv=None):
                    help=f'comma-separated subset of the tables\' entries to run ({", ".join(ENTRIES)})')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='passed to the training scripts')
     p.add_argument('--jobs', type=int, default=1,
-                   help='runs at a time; on the CPU each gets cores/jobs threads, and the last runs share the cores the '
-                        'finished ones leave (2 on a 2-core CPU: ~8%% more throughput than 1, with each run half as fast)')
+                   help='runs at a time; on the CPU each gets cores/jobs threads, and the last runs share the cores '
+                        'the finished ones leave (2 on a 2-core CPU: ~8%% more throughput than 1, with each run half '
+                        'as fast)')
     p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'),
                    help='where the runs go (relative paths: to the repository)')
     p.add_argument('--results-dir', default=os.path.join('etc', 'results'),
