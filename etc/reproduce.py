@@ -256,14 +256,19 @@ def summarize(out, cmd=None):
 
 
 def mean_std(values, digits=2, signed=False):
-    """Mean ± sample standard deviation (n - 1); signed: differences carry their sign (+0.07, -1.46)."""
+    """Mean ± sample standard deviation (n - 1); signed: differences carry their sign (+0.07, −1.46)."""
     values = [v for v in values if v is not None]
     if not values:
         return '—'
-    sign = '+' if signed else ''
     if len(values) == 1:
-        return f'{values[0]:{sign}.{digits}f}'
-    return f'{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}'
+        return signed_number(values[0], digits) if signed else f'{values[0]:.{digits}f}'
+    mean = signed_number(statistics.mean(values), digits) if signed else f'{statistics.mean(values):.{digits}f}'
+    return f'{mean} ± {statistics.stdev(values):.{digits}f}'
+
+
+def signed_number(x, digits=2):
+    """+0.07 or −1.46, with the typographic minus sign (U+2212) that the README's tables use."""
+    return f'{x:+.{digits}f}'.replace('-', '\u2212')
 
 
 def hardware():
@@ -327,7 +332,7 @@ def write_table(table, seeds, args, results):
                 cells.append('')
                 continue
             d = paired(results, entry, base, seeds)
-            per_seed = f'; per seed {", ".join(f"{x:+.2f}" for x in d)}' if len(d) > 1 else ''
+            per_seed = f'; per seed {", ".join(signed_number(x) for x in d)}' if len(d) > 1 else ''
             cells.append(f'{mean_std(d, signed=True)} ({len(d)}{per_seed})' if d else '—')
         lines.append(f'| {entry} | {cells[0]} | {cells[1]} |')
     if len(seeds) > 1:  # the numbers the differences come from

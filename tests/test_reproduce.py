@@ -71,7 +71,7 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert '| adaptive-ce-1-few: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | 0 | not run |' in text
     assert '| mixmatch-few | +21.50 ± 2.12 (2; per seed +20.00, +23.00) |  |' in text  # 81-61, 79-56
     assert 'seeds 0, 1 asked' in text and 'sample standard deviation (n − 1)' in text
-    assert reproduce.mean_std([-1.456], signed=True) == '-1.46'
+    assert reproduce.mean_std([-1.456], signed=True) == '\u22121.46'  # the typographic minus of the README
     assert reproduce.mean_std([1, 3], signed=True) == '+2.00 ± 1.41'
     assert '| seed | labeled-only-few | mixmatch-few | adaptive-ce-1-few |' in text
     assert '| 0 | 61.00 | 81.00 | — |' in text and '| 1 | 56.00 | 79.00 | — |' in text
