@@ -52,7 +52,8 @@ def curve(ax, runs, entry, key, label=None, scale=1.0):
     n = min(len(s) for s in seeds)
     steps = [p[0] for p in seeds[0][:n]]
     values = [[s[i][1] for s in seeds] for i in range(n)]
-    line, = ax.plot(steps, [sum(v) / len(v) for v in values], marker='.', label=label or entry, color=COLORS[entry])
+    label = label or f'{entry} (n = {len(seeds)})'  # seeds averaged in this line
+    line, = ax.plot(steps, [sum(v) / len(v) for v in values], marker='.', label=label, color=COLORS[entry])
     if len(seeds) > 1:
         ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
 
@@ -82,7 +83,7 @@ def main(argv=None):
         axes[0][col].legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle(f'Figure 1 on Fashion-MNIST, 250 labels ({args.preset} preset, {n_seeds} seed(s)); '
+    fig.suptitle(f'Figure 1 on Fashion-MNIST, 250 labels ({args.preset} preset, up to {n_seeds} seed(s)); '
                  'window means per evaluation interval', fontsize=10)
     fig.tight_layout()
     path1 = os.path.join(figures, f'{args.preset}-figure1-losses.png')
@@ -102,7 +103,7 @@ def main(argv=None):
     axes[1][1].legend(fontsize=8)  # the val panel has every entry, labeled-only included
     for ax in axes[1]:
         ax.set_xlabel('step')
-    fig.suptitle(f'Training dynamics on Fashion-MNIST, 250 labels ({args.preset} preset, {n_seeds} seed(s))',
+    fig.suptitle(f'Training dynamics on Fashion-MNIST, 250 labels ({args.preset} preset, up to {n_seeds} seed(s))',
                  fontsize=10)
     fig.tight_layout()
     path2 = os.path.join(figures, f'{args.preset}-dynamics.png')
