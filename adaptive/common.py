@@ -174,6 +174,18 @@ def finish_args(args, method):
 # =========================================================================================================
 # Device and precision: the one place that decides them
 # =========================================================================================================
+def bf16_unusable(device):
+    """Why bf16 autocast would not pay off on this device, or None where it does. On a CPU it needs oneDNN's
+    bf16 kernels (AVX512-BF16 or AMX): elsewhere bf16 convolutions fall back to a reference kernel about 5x
+    slower than fp32."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return None if torch.cuda.is_bf16_supported() else 'this GPU has no bf16 support'
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return 'this CPU has no AVX512-BF16 or AMX, so oneDNN has no bf16 kernels (bf16 would be ~5x slower than fp32)'
+    return None
+
+
 class Runtime:
     """Device, precision, compilation and processes. Under torchrun (WORLD_SIZE > 1) every process trains
     on its own device (cuda:LOCAL_RANK, or the CPU with gloo) and gradients are averaged by DDP."""
@@ -187,7 +199,7 @@ class Runtime:
         if device == 'cuda' and not torch.cuda.is_available():
             raise UserError('--device cuda: no CUDA device is available (use --device cpu)')
         if amp == 'auto':
-            amp = 'bf16' if device == 'cuda' or torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'off'
+            amp = 'off' if bf16_unusable(device) else 'bf16'
         if amp == 'fp16' and device != 'cuda':
             raise UserError('--amp fp16 needs CUDA; use --amp bf16 or off on the CPU')
         if compile == 'reduce-overhead' and device != 'cuda':

@@ -2,7 +2,7 @@
 the device: the same IndexStream sampling, gather, on-device augmentation and train_step() as
 <method>/train.py, after warm-up, with a device synchronization around every timed step.
 
-    python etc/bench.py --device cpu                       # this CPU: plain fp32 vs bf16 + channels_last
+    python etc/bench.py --device cpu                       # this CPU: plain fp32 vs channels_last (+ bf16 where usable)
     python etc/bench.py --device cpu --compile             # + torch.compile (inductor) rows, slow to compile
     python etc/bench.py --device cuda --json bench.json    # GPU: + compiled rows with CUDA graphs
     python etc/bench.py --device cpu --methods adaptive --profile   # + where the fast path's time goes
@@ -45,13 +45,15 @@ def parse_shape(text):
     return c, h, w
 
 
-def configs(device, want_compile):
-    """(precision, channels_last, compile mode): the plain path first, then the fast ones."""
-    rows = [('fp32', False, 'off'), ('fp32', True, 'off'), ('bf16', False, 'off'), ('bf16', True, 'off')]
+def configs(device, want_compile, bf16):
+    """(precision, channels_last, compile mode): the plain path first, then the fast ones; bf16 rows only where
+    bf16 is usable (the precision --amp auto picks is the last eager row)."""
+    fast = 'bf16' if bf16 else 'fp32'
+    rows = [('fp32', False, 'off'), ('fp32', True, 'off')] + ([('bf16', False, 'off'), ('bf16', True, 'off')] if bf16 else [])
     if device == 'cuda' or want_compile:
-        rows.append(('bf16', True, 'default'))
+        rows.append((fast, True, 'default'))
     if device == 'cuda':
-        rows.append(('bf16', True, 'reduce-overhead'))
+        rows.append((fast, True, 'reduce-overhead'))
     return rows
 
 
@@ -127,8 +129,8 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a):
         augment.augment(b[0], args.augment_kind)
         sync(dev)
         data_times.append(time.perf_counter() - t0)
-    if a.profile and precision == 'bf16' and channels_last and compile_mode == 'off':
-        print(f'profile of {method} {h}x{w}x{c} bf16 channels-last, {a.steps} steps, share of aten self time:')
+    if a.profile and precision == a.fast_precision and channels_last and compile_mode == 'off':
+        print(f'profile of {method} {h}x{w}x{c} {precision} channels-last, {a.steps} steps, share of aten self time:')
         for name, share in profile_table(step, dev, a.steps):
             print(f'  {share:5.1f}%  {name}')
     flops = None
@@ -161,7 +163,8 @@ def main():
     p.add_argument('--compile', action='store_true', help='add torch.compile rows on the CPU (always on CUDA)')
     p.add_argument('--json', default=None, metavar='PATH', help='also write the rows as a JSON list')
     p.add_argument('--profile', action='store_true',
-                   help='also print the operators that take the bf16 channels-last step\'s time (torch.profiler)')
+                   help='also print the operators that take the time of the step --amp auto runs (bf16 where usable, '
+                        'else fp32; channels-last; torch.profiler)')
     a = p.parse_args()
     cuda = a.device == 'cuda'
     if cuda and not torch.cuda.is_available():
@@ -169,6 +172,10 @@ def main():
     a.steps = a.steps or (100 if cuda else 8)
     a.warmup = a.warmup or (30 if cuda else 3)
     shapes = [parse_shape(s) for s in (a.shapes or ('32x32x3,28x28x1' if cuda else '28x28x1')).split(',')]
+    no_bf16 = common.bf16_unusable(a.device)
+    a.fast_precision = 'fp32' if no_bf16 else 'bf16'
+    if no_bf16:
+        print(f'bf16 rows skipped: {no_bf16}')
     print(f'torch {torch.__version__}, {common.Runtime(a.device, "off").describe()}, {a.arch}, batch {a.batch}+{a.batch}, '
           f'{a.steps} timed steps after {a.warmup} warm-up, median')
     header = (f'{"method":9} {"shape":8} {"prec":4} {"layout":6} {"compile":15} {"ms/step":>8} {"steps/s":>8} '
@@ -178,7 +185,7 @@ def main():
     for method in a.methods.split(','):
         for shape in shapes:
             base, flops = None, None
-            for precision, cl, mode in configs(a.device, a.compile):
+            for precision, cl, mode in configs(a.device, a.compile, bf16=not no_bf16):
                 r = bench_one(method, shape, precision, cl, mode, a)
                 flops = r['flops_per_step'] or flops
                 r['flops_per_step'] = flops
