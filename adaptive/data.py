@@ -299,3 +299,61 @@ def make_split(labels, num_classes, n_labeled, n_val, seed):
     labeled = balanced_pick(rest, labels, n_labeled, rng)
     unlabeled = np.setdiff1d(np.arange(len(labels)), np.concatenate([val, labeled]))
     return {'labeled': labeled, 'val': val, 'unlabeled': unlabeled}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# On the training device
+# ---------------------------------------------------------------------------------------------------------
+class IndexStream:
+    """Endless shuffled passes over range(n) on the device, `batch` indices at a time (epochs without
+    a DataLoader). Its state travels in checkpoints so a resumed run draws the same batches."""
+
+    def __init__(self, n, batch, device):
+        self.n, self.batch, self.device = n, batch, device
+        self.perm = torch.zeros(0, dtype=torch.long, device=device)
+        self.pos = 0
+
+    def next(self):
+        while self.pos + self.batch > len(self.perm):
+            self.perm = torch.cat([self.perm[self.pos:], torch.randperm(self.n, device=self.device)])
+            self.pos = 0
+        self.pos += self.batch
+        return self.perm[self.pos - self.batch:self.pos]
+
+    def state_dict(self):
+        return {'perm': self.perm.cpu(), 'pos': self.pos}
+
+    def load_state_dict(self, s):
+        self.perm, self.pos = s['perm'].to(self.device), s['pos']
+
+
+def on_device(ds, split, device):
+    """{'labeled', 'unlabeled', 'val', 'test'} -> (uint8 images, labels) on the device; test is (None, None)
+    where the dataset has no labeled test set."""
+    sets = {k: (ds.train_images[i].to(device), ds.train_labels[i].to(device))
+            for k, i in ((k, torch.from_numpy(split[k])) for k in ('labeled', 'unlabeled', 'val'))}
+    has_test = ds.test_images is not None
+    sets['test'] = (ds.test_images.to(device), ds.test_labels.to(device)) if has_test else (None, None)
+    return sets
+
+
+def pixel_stats(images):
+    """Per-channel mean and std in [0, 1] of uint8 images, computed in chunks."""
+    c = images.shape[1]
+    total, sq, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for i in range(0, len(images), 4096):
+        x = images[i:i + 4096].double().div_(255).transpose(0, 1).reshape(c, -1)
+        total += x.sum(1)
+        sq += (x * x).sum(1)
+        n += x.shape[1]
+    mean = total / n
+    std = (sq / n - mean * mean).clamp(min=1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def load_data(args):
+    """Dataset + split for these args. Returns (dataset, split)."""
+    ds = load_dataset(args.dataset, args.data_root, args.download, args.image_size, args.num_classes,
+                      args.cache_dir)
+    split = make_split(ds.train_labels.numpy(), len(ds.classes), args.n_labeled, args.n_val, args.split_seed)
+    return ds, split

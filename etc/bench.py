@@ -29,8 +29,11 @@ METHODS = ('mixmatch', 'fixed', 'adaptive')
 sys.path.insert(0, os.path.join(REPO, 'mixmatch'))  # the shared modules (identical in the three folders)
 
 import augment  # noqa: E402
-import common  # noqa: E402
+import data  # noqa: E402
+import semisup  # noqa: E402
 from models import build_model  # noqa: E402
+from policy import Context  # noqa: E402
+from runtime import Runtime, bf16_unusable  # noqa: E402
 
 
 def load_train(method):
@@ -49,7 +52,9 @@ def configs(device, want_compile, bf16):
     """(precision, channels_last, compile mode): the plain path first, then the fast ones; bf16 rows only where
     bf16 is usable (the precision --amp auto picks is the last eager row)."""
     fast = 'bf16' if bf16 else 'fp32'
-    rows = [('fp32', False, 'off'), ('fp32', True, 'off')] + ([('bf16', False, 'off'), ('bf16', True, 'off')] if bf16 else [])
+    rows = [('fp32', False, 'off'), ('fp32', True, 'off')]
+    if bf16:
+        rows += [('bf16', False, 'off'), ('bf16', True, 'off')]
     if device == 'cuda' or want_compile:
         rows.append((fast, True, 'default'))
     if device == 'cuda':
@@ -83,21 +88,22 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a):
                            {'fp32': 'off'}.get(precision, precision), '--compile', compile_mode])
     c, h, w = shape
     args.num_classes, args.augment_kind = 10, augment.choose('auto', h)
-    rt = common.Runtime(args.device, args.amp, args.compile, channels_last=channels_last)
+    rt = Runtime(args.device, args.amp, args.compile, channels_last=channels_last)
     dev = rt.device
     torch.manual_seed(0)
     model = rt.prepare(build_model(args.arch, 10, c, (0.5,) * c, (0.25,) * c, args.bn_momentum))
-    ema = common.make_ema(model, args.ema_decay)
+    ema = semisup.make_ema(model, args.ema_decay)
     net = rt.compile(model)
     optimizer = train.make_optimizer(model, args, dev)
+    policy = train.POLICIES[args.policy](args, 10, a.batch * 16).to(dev)
     g = torch.Generator().manual_seed(0)
     x_lab = torch.randint(0, 256, (a.batch * 4, c, h, w), dtype=torch.uint8, generator=g).to(dev)
     y_lab = torch.randint(0, 10, (a.batch * 4,), generator=g).to(dev)
     x_unl = torch.randint(0, 256, (a.batch * 16, c, h, w), dtype=torch.uint8, generator=g).to(dev)
     y_unl = torch.randint(0, 10, (a.batch * 16,), generator=g).to(dev)
-    streams = (common.IndexStream(len(x_lab), args.batch_size, dev),
-               common.IndexStream(len(x_unl), args.unlabeled_batch_size, dev))
-    train_acc = common.TrainAccuracy(dev)
+    streams = (data.IndexStream(len(x_lab), args.batch_size, dev),
+               data.IndexStream(len(x_unl), args.unlabeled_batch_size, dev))
+    train_acc = semisup.TrainAccuracy(dev)
     train_acc.add(torch.tensor(4, device=dev), 5)  # 80%: the adaptive policy keeps a realistic share
     val_acc = (torch.tensor(4, device=dev), torch.tensor(5, device=dev))
     model.train()
@@ -106,8 +112,14 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a):
         i_l, i_u = streams[0].next(), streams[1].next()
         return x_lab[i_l], y_lab[i_l], x_unl[i_u], y_unl[i_u]
 
-    def step(i):
-        train.train_step(net, ema, optimizer, rt, draw(), train_acc, val_acc, i, args)
+    def draw_unlabeled():
+        return train.draw_and_guess(net, rt, streams[1], x_unl, y_unl, args)
+
+    def step(i):  # as the training loop runs it
+        i_l = streams[0].next()
+        ctx = Context(i, train_acc.fraction(), val_acc, rt, draw_unlabeled)
+        u = draw_unlabeled()
+        train.train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
 
     for i in range(a.warmup):
         step(i)
@@ -172,11 +184,11 @@ def main():
     a.steps = a.steps or (100 if cuda else 8)
     a.warmup = a.warmup or (30 if cuda else 3)
     shapes = [parse_shape(s) for s in (a.shapes or ('32x32x3,28x28x1' if cuda else '28x28x1')).split(',')]
-    no_bf16 = common.bf16_unusable(a.device)
+    no_bf16 = bf16_unusable(a.device)
     a.fast_precision = 'fp32' if no_bf16 else 'bf16'
     if no_bf16:
         print(f'bf16 rows skipped: {no_bf16}')
-    print(f'torch {torch.__version__}, {common.Runtime(a.device, "off").describe()}, {a.arch}, batch {a.batch}+{a.batch}, '
+    print(f'torch {torch.__version__}, {Runtime(a.device, "off").describe()}, {a.arch}, batch {a.batch}+{a.batch}, '
           f'{a.steps} timed steps after {a.warmup} warm-up, median')
     header = (f'{"method":9} {"shape":8} {"prec":4} {"layout":6} {"compile":15} {"ms/step":>8} {"steps/s":>8} '
               f'{"img/s":>7} {"data%":>6} {"peakMiB":>8} {"GFLOP":>7} {"TFLOP/s":>8} {"speedup":>8}')

@@ -13,6 +13,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('mixmatch', 'fixed', 'adaptive')
 sys.path.insert(0, os.path.join(REPO, 'mixmatch'))
 
+import semisup  # noqa: E402  (the shared modules, from mixmatch/)
+from policy import Context, Guess  # noqa: E402
+
 
 def load_train(method):
     """The method's train.py as module `train_<method>`."""
@@ -77,3 +80,26 @@ def tiny_run_args(data_root, out, cache, steps=4, eval_every=2):
     return ['--dataset', 'folder', '--data-root', data_root, '--image-size', 16, '--n-val', 6, '--batch-size', 8,
             '--steps', steps, '--eval-every', eval_every, '--print-every', 1, '--acc-window', 2,
             '--out', out, '--cache-dir', cache, '--device', 'cpu']
+
+
+def make_guess(mean_prob, T=0.5):
+    """A guessed unlabeled batch with the given mean predictions (for a policy's decision rule)."""
+    n = len(mean_prob)
+    return Guess(torch.zeros(n, 1, 1, 1, dtype=torch.uint8), torch.arange(n), torch.full((n,), -1),
+                 torch.zeros(2 * n, 1, 1, 1), mean_prob, semisup.sharpen(mean_prob, T))
+
+
+def context(rt, train_acc=None, val_acc=None, step=0, draw=None):
+    """What a policy reads besides the batch; accuracies as (correct, seen) pairs."""
+    as_tensors = lambda pair: tuple(torch.tensor(v) for v in pair) if pair is not None else None  # noqa: E731
+    return Context(step, as_tensors(train_acc or (0, 1)), as_tensors(val_acc or (0, 1)), rt, draw)
+
+
+def step_once(train, net, ema, optimizer, rt, args, batch, train_acc, val_acc=(0, 1), step=0, policy=None):
+    """train_step as the training loop calls it, on a fixed batch (x_l, y_l, x_u, y_u): the policy of args,
+    the guess of x_u, the context. Returns the step's metrics."""
+    x_l, y_l, x_u, y_u = batch
+    policy = policy or train.POLICIES[args.policy](args, args.num_classes, len(x_u)).to(rt.device)
+    u = None if args.labeled_only else train.guess_labels(net, rt, x_u, torch.arange(len(x_u)), y_u, args)
+    ctx = Context(step, train_acc.fraction(), tuple(torch.tensor(v) for v in val_acc), rt, draw=None)
+    return train.train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, args)

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from conftest import make_nsml_folder, make_plain_folder, run_script, tiny_run_args
 
@@ -30,6 +31,9 @@ def world(tmp_path_factory):
     os.makedirs(w['empty'])
     w['renamed'] = str(top / 'adaptive-quick-s0-00000000.pt')  # a released name whose hex is not its sha256
     shutil.copyfile(os.path.join(w['run'], 'best.pt'), w['renamed'])
+    ckpt = torch.load(os.path.join(w['run'], 'checkpoint.pt'), weights_only=True)
+    w['other_policy'] = str(top / 'other_policy.pt')  # as another policy of the adaptive family would write it
+    torch.save(ckpt | {'policy_name': 'flexmatch'}, w['other_policy'])
     return w
 
 
@@ -43,7 +47,8 @@ def snapshot(folder):
 
 
 # (method, flags, expected fragment of the one stderr line). {x} is filled from the `world` fixture;
-# unless a case sets its own --out/--resume, it runs against the finished run with --resume auto.
+# unless a case sets its own --out/--resume, it runs against the finished run with --resume auto, with the tiny
+# image folder's flags (without them where it names another --dataset; only --device and --cache-dir with --evaluate).
 CASES = [
     ('fixed', ['--threshold', '0'], '--threshold 0.0 must be in (0, 1]'),
     ('fixed', ['--threshold', '1.5'], '--threshold 1.5 must be in (0, 1]'),
@@ -80,13 +85,30 @@ CASES = [
     ('adaptive', ['--evaluate', '{run}/best.pt', '--data-root', '{nsml_bad_label}'], 'trained on 3 classes, the data has 6'),
     ('fixed', ['--evaluate', '{renamed}'], 'does not match the 00000000 in its name'),
     ('adaptive', ['--resume', '{run}/best.pt'], 'an evaluation checkpoint (best.pt or a released file) cannot'),
+    ('adaptive', ['--resume', '{other_policy}'], "checkpoint is policy 'flexmatch', this run is 'accuracy'"),
+    ('adaptive', ['--policy', 'flexmatch'], "argument --policy: invalid choice: 'flexmatch'"),
+    # flags that would change nothing in the combination given
+    ('adaptive', ['--momentum', '0.8'], '--momentum has no effect with --optimizer adam'),
+    ('mixmatch', ['--drop-unkept'], '--drop-unkept has no effect: MixMatch keeps every unlabeled image'),
+    ('fixed', ['--labeled-only', '--threshold', '0.9'], '--threshold has no effect with --labeled-only'),
+    ('mixmatch', ['--labeled-only', '--lambda-u', '5', '--K', '3'], '--K, --lambda-u have no effect with --labeled-only'),
+    ('adaptive', ['--dataset', 'fashion_mnist', '--image-size', '32'], '--image-size has no effect with --dataset fashion_mnist'),
+    ('adaptive', ['--download'], '--download has no effect with --dataset folder and no --pretrained'),
+    ('adaptive', ['--evaluate', '{run}/best.pt', '--steps', '5'], '--steps has no effect with --evaluate'),
 ]
 
 
 @pytest.mark.parametrize('method,flags,expected', CASES, ids=[c[2][:40] for c in CASES])
 def test_bad_input_exits_2_with_one_line(world, method, flags, expected):
     flags = [f.format(**world) if isinstance(f, str) else f for f in flags]
-    args = tiny_run_args(world['images'], world['run'], world['cache']) + ['--resume', 'auto'] + flags
+    args = tiny_run_args(world['images'], world['run'], world['cache']) + ['--resume', 'auto']
+    if '--dataset' in flags:  # another dataset: the image folder's own flags would be refused
+        for folder_flag in ('--dataset', '--data-root', '--image-size', '--cache-dir'):
+            i = args.index(folder_flag)
+            del args[i:i + 2]
+    if '--evaluate' in flags:
+        args = ['--device', 'cpu', '--cache-dir', world['cache']]
+    args += flags
     if None in args:  # '--resume', None: a new run into the existing directory, without --resume
         while '--resume' in args:
             i = args.index('--resume')

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-import common
-from conftest import REPO, load_train, make_plain_folder, run_script, tiny_run_args
+import checkpoint
+from conftest import REPO, context, load_train, make_guess, make_plain_folder, run_script, tiny_run_args
 
 STEPS = 12
 
@@ -99,14 +99,14 @@ def test_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(wo
 
 def test_a_save_that_dies_halfway_leaves_the_previous_checkpoint(tmp_path):
     path = str(tmp_path / 'checkpoint.pt')
-    common.save_atomic({'step': 1, 'w': torch.ones(3)}, path)
+    checkpoint.save_atomic({'step': 1, 'w': torch.ones(3)}, path)
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError('killed mid-save')
 
     with pytest.raises(RuntimeError):
-        common.save_atomic({'step': 2, 'w': torch.zeros(1000), 'boom': Unpicklable()}, path)
+        checkpoint.save_atomic({'step': 2, 'w': torch.zeros(1000), 'boom': Unpicklable()}, path)
     assert torch.load(path, weights_only=True)['step'] == 1
     assert os.listdir(tmp_path) == ['checkpoint.pt']                    # no half-written file left behind
 
@@ -120,17 +120,19 @@ class TwoProcesses:
     def all_gather(self, t):
         return torch.cat(self.confidences)
 
+    def mine(self, t):
+        return t.view(self.world, -1)[self.rank]
+
 
 def test_adaptive_top_k_is_taken_over_all_processes():
     train = load_train('adaptive')
     args = train.get_args(['--min-th', '0.5'])
+    policy = train.POLICIES[args.policy](args, 2, 8)
     conf = [torch.tensor([0.9, 0.6, 0.55, 0.95]), torch.tensor([0.99, 0.7, 0.8, 0.52])]
-    acc = common.TrainAccuracy(torch.device('cpu'))
-    acc.add(torch.tensor(1), 2)                                        # k = floor(8 * 0.5) = 4 of the 8
     keeps = []
-    for rank in (0, 1):
-        probs = torch.stack([conf[rank], 1 - conf[rank]], dim=1)
-        keep, threshold, _ = train.pseudo_label_mask(probs, probs, acc, None, TwoProcesses(rank, conf), args)
+    for rank in (0, 1):                                                # k = floor(8 * 0.5) = 4 of the 8
+        u = make_guess(torch.stack([conf[rank], 1 - conf[rank]], dim=1))
+        keep, threshold = policy.mask(u, context(TwoProcesses(rank, conf), train_acc=(1, 2)))
         keeps.append(keep.tolist())
         assert threshold.item() == pytest.approx(0.8)
     assert keeps == [[True, False, False, True], [True, False, True, False]]   # 0.99, 0.95, 0.9, 0.8

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-import common
-from conftest import load_train
+import semisup
+from conftest import context, load_train, make_guess
+from runtime import Runtime
 
-RT = common.Runtime('cpu', 'off')  # a single process
+RT = Runtime('cpu', 'off')  # a single process
 
 
 def probs(confidences, num_classes=4):
@@ -14,63 +15,60 @@ def probs(confidences, num_classes=4):
     return torch.tensor([[c] + [r] * (num_classes - 1) for c, r in zip(confidences, rest)])
 
 
-def accuracy(correct, seen):
-    acc = common.TrainAccuracy(torch.device('cpu'))
-    acc.add(torch.tensor(correct), seen)
-    return acc
+def policy_of(method, flags):
+    train = load_train(method)
+    args = train.get_args(flags)
+    return train.POLICIES[args.policy](args, 4, 100)
 
 
 def test_fixed_keeps_exactly_the_images_at_or_above_the_threshold():
-    train = load_train('fixed')
-    args = train.get_args(['--threshold', '0.8'])
-    p = probs([0.9, 0.8, 0.79999, 0.5, 1.0])
-    keep, th, conf = train.pseudo_label_mask(p, common.sharpen(p, args.T), None, None, RT, args)
+    policy = policy_of('fixed', ['--threshold', '0.8'])
+    keep, th = policy.mask(make_guess(probs([0.9, 0.8, 0.79999, 0.5, 1.0])), context(RT))
     assert keep.tolist() == [True, True, False, False, True]
     assert th.item() == torch.tensor(0.8).item()
 
 
 def test_fixed_sharpened_confidence_keeps_more():
-    train = load_train('fixed')
-    args = train.get_args(['--threshold', '0.8', '--confidence', 'sharpened'])
-    p = probs([0.6, 0.3])
-    keep, _, conf = train.pseudo_label_mask(p, common.sharpen(p, args.T), None, None, RT, args)
-    assert conf[0] > 0.8 and keep.tolist() == [True, False]          # 0.6 sharpened at T=0.5 is ~0.84
+    policy = policy_of('fixed', ['--threshold', '0.8', '--confidence', 'sharpened'])
+    u = make_guess(probs([0.6, 0.3]))
+    keep, _ = policy.mask(u, context(RT))
+    assert policy.confidence(u)[0] > 0.8 and keep.tolist() == [True, False]    # 0.6 sharpened at T=0.5 is ~0.84
+
+
+def test_mixmatch_keeps_everything():
+    policy = policy_of('mixmatch', [])
+    keep, th = policy.mask(make_guess(probs([0.3, 0.99, 0.26])), context(RT))
+    assert keep.tolist() == [True, True, True] and th.item() == 0.0
 
 
 def test_adaptive_keeps_floor_of_batch_times_accuracy_most_confident():
-    train = load_train('adaptive')
-    args = train.get_args(['--min-th', '0.5'])
+    policy = policy_of('adaptive', ['--min-th', '0.5'])
     conf = [0.95, 0.6, 0.99, 0.7, 0.55, 0.9, 0.65, 0.8, 0.75, 0.85]
-    p = probs(conf)
-    keep, th, _ = train.pseudo_label_mask(p, p, accuracy(37, 100), None, RT, args)   # floor(10 * 0.37) = 3
+    u = make_guess(probs(conf))
+    keep, th = policy.mask(u, context(RT, train_acc=(37, 100)))                     # floor(10 * 0.37) = 3
     assert keep.sum().item() == 3
     assert sorted(torch.tensor(conf)[keep].tolist(), reverse=True) == pytest.approx(sorted(conf, reverse=True)[:3])
     assert th.item() == torch.tensor(0.9).item()                                   # lowest kept confidence
-    keep, _, _ = train.pseudo_label_mask(p, p, accuracy(100, 100), None, RT, args)
+    keep, _ = policy.mask(u, context(RT, train_acc=(100, 100)))
     assert keep.sum().item() == 10
 
 
 def test_adaptive_floor_wins_over_accuracy():
-    train = load_train('adaptive')
-    args = train.get_args(['--min-th', '0.7'])
-    p = probs([0.95, 0.6, 0.4, 0.72, 0.5])
-    keep, _, _ = train.pseudo_label_mask(p, p, accuracy(1, 1), None, RT, args)        # k = 5, floor 0.7
+    policy = policy_of('adaptive', ['--min-th', '0.7'])
+    keep, _ = policy.mask(make_guess(probs([0.95, 0.6, 0.4, 0.72, 0.5])), context(RT, train_acc=(1, 1)))  # k = 5
     assert keep.tolist() == [True, False, False, True, False]
 
 
 def test_adaptive_keeps_nothing_before_any_accuracy_and_can_follow_val():
-    train = load_train('adaptive')
-    args = train.get_args([])
-    p = probs([0.99, 0.98])
-    keep, th, _ = train.pseudo_label_mask(p, p, common.TrainAccuracy(torch.device('cpu')), None, RT, args)
+    u = make_guess(probs([0.99, 0.98]))
+    keep, th = policy_of('adaptive', []).mask(u, context(RT, train_acc=(0, 1)))
     assert not keep.any() and th.item() == 1.0
-    args = train.get_args(['--acc-source', 'val'])
-    keep, _, _ = train.pseudo_label_mask(p, p, accuracy(0, 1), (torch.tensor(1), torch.tensor(2)), RT, args)
+    keep, _ = policy_of('adaptive', ['--acc-source', 'val']).mask(u, context(RT, train_acc=(0, 1), val_acc=(1, 2)))
     assert keep.tolist() == [True, False]                                          # floor(2 * 1/2) = 1
 
 
 def test_train_accuracy_window_is_seeded_with_the_previous_window():
-    acc = common.TrainAccuracy(torch.device('cpu'))
+    acc = semisup.TrainAccuracy(torch.device('cpu'))
     assert [int(v) for v in acc.fraction()] == [0, 1]                              # starts at 0
     acc.add(torch.tensor(3), 4)
     acc.add(torch.tensor(1), 4)

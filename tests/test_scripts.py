@@ -6,8 +6,10 @@ import re
 import pytest
 import torch
 
-import common
-from conftest import METHODS, load_train, make_plain_folder, run_script, tiny_run_args
+import semisup
+from conftest import METHODS, load_train, make_plain_folder, run_script, step_once, tiny_run_args
+from models import build_model
+from runtime import Runtime
 
 LOG_KEYS = {'step', 'loss_x', 'loss_u', 'lambda_u', 'mask_ratio', 'threshold', 'pseudo_label_acc', 'confidence',
             'train_acc', 'val_top1', 'val_top5', 'test_top1', 'test_top5', 'ms_per_step'}
@@ -43,12 +45,21 @@ def test_script_trains_and_writes_its_run_directory(method, images, tmp_path):
         assert records[0]['mask_ratio'] == 1.0 and records[0]['threshold'] == 0.0
 
 
-def test_resume_continues_from_the_saved_step_exactly(images, tmp_path):
-    """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit (CPU, default flags)."""
+@pytest.mark.parametrize('layout', ['current', 'format 1'])
+def test_resume_continues_from_the_saved_step_exactly(images, tmp_path, layout):
+    """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit (CPU, default flags); also from
+    a checkpoint.pt of the first layout, written before policies kept state."""
     cache = tmp_path / 'cache'
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
     assert run_script('adaptive', *tiny_run_args(images, straight, cache, steps=6)).returncode == 0
     assert run_script('adaptive', *tiny_run_args(images, split, cache, steps=4)).returncode == 0
+    if layout == 'format 1':
+        path = os.path.join(split, 'checkpoint.pt')
+        ckpt = torch.load(path, weights_only=True)
+        for key in ('format', 'policy', 'policy_name'):
+            del ckpt[key]
+        del ckpt['args']['policy']
+        torch.save(ckpt, path)
     r = run_script('adaptive', *tiny_run_args(images, split, cache, steps=6), '--resume', 'auto')
     assert r.returncode == 0, r.stderr
     assert 'resumed' in r.stdout and 'at step 4' in r.stdout
@@ -88,8 +99,8 @@ def tiny_step_setup(method, flags):
     args = train.get_args(flags + ['--device', 'cpu', '--amp', 'off'])
     args.num_classes, args.augment_kind = 3, 'padcrop'
     torch.manual_seed(0)
-    rt = common.Runtime('cpu', 'off')
-    model = rt.prepare(common.models.build_model('wrn28_2', 3, 3, (0.5,) * 3, (0.25,) * 3, 0.01))
+    rt = Runtime('cpu', 'off')
+    model = rt.prepare(build_model('wrn28_2', 3, 3, (0.5,) * 3, (0.25,) * 3, 0.01))
     optimizer = train.make_optimizer(model, args, rt.device)
     g = torch.Generator().manual_seed(1)
     batch = (torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g), torch.tensor([0, 1, 2] * 2 + [0, 1]),
@@ -100,8 +111,8 @@ def tiny_step_setup(method, flags):
 def test_a_step_with_no_kept_sample_trains_on_the_labeled_batch():
     train, args, rt, model, optimizer, batch = tiny_step_setup('fixed', ['--threshold', '1.0'])
     before = [p.detach().clone() for p in model.parameters()]
-    acc = common.TrainAccuracy(rt.device)
-    m = train.train_step(model, None, optimizer, rt, batch, acc, None, 0, args)
+    acc = semisup.TrainAccuracy(rt.device)
+    m = step_once(train, model, None, optimizer, rt, args, batch, acc)
     assert m['mask_ratio'].item() == 0.0 and m['loss_u'].item() == 0.0
     assert torch.isfinite(m['loss']) and m['loss'].item() == pytest.approx(m['loss_x'].item())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -115,10 +126,9 @@ def test_masking_equals_dropping_except_for_batchnorm_statistics(monkeypatch):
     losses = []
     for flags in ([], ['--drop-unkept']):
         train, args, rt, model, optimizer, batch = tiny_step_setup('fixed', ['--alpha', '0'] + flags)
-        monkeypatch.setattr(train, 'pseudo_label_mask',
-                            lambda p, q, acc, val, rt, args: (keep, torch.tensor(0.5), p.max(dim=1).values))
+        monkeypatch.setattr(train.POLICIES[args.policy], 'mask', lambda self, u, ctx: (keep, torch.tensor(0.5)))
         model.eval()
-        m = train.train_step(model, None, optimizer, rt, batch, common.TrainAccuracy(rt.device), None, 0, args)
+        m = step_once(train, model, None, optimizer, rt, args, batch, semisup.TrainAccuracy(rt.device))
         losses.append((m['loss_x'].item(), m['loss_u'].item(), m['mask_ratio'].item()))
     assert losses[0][1] > 0 and losses[0][2] == 3 / 8
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
@@ -135,7 +145,7 @@ def test_labeled_only_never_looks_at_the_unlabeled_images(method):
         shapes = []
         model.register_forward_hook(lambda mod, inp, out: shapes.append(inp[0].shape[0]))
         torch.manual_seed(2)
-        m = train.train_step(model, None, optimizer, rt, batch, common.TrainAccuracy(rt.device), None, 0, args)
+        m = step_once(train, model, None, optimizer, rt, args, batch, semisup.TrainAccuracy(rt.device))
         assert shapes == [8] and m['loss_u'].item() == 0.0 and 'mask_ratio' not in m
         assert m['loss'].item() == pytest.approx(m['loss_x'].item())
         results.append([p.detach().clone() for p in model.parameters()])

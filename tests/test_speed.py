@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
-import common
-from conftest import REPO, load_train
+import semisup
+from conftest import REPO, load_train, step_once
 from models import build_model
+from runtime import Runtime, bf16_unusable
 
 
 def one_step(method, flags, precision, channels_last, compile_backend=None, acc=(1, 2)):
@@ -18,7 +19,7 @@ def one_step(method, flags, precision, channels_last, compile_backend=None, acc=
     train = load_train(method)
     args = train.get_args(flags + ['--device', 'cpu'])
     args.num_classes, args.augment_kind = 10, 'padcrop'
-    rt = common.Runtime('cpu', precision, 'default' if compile_backend else 'off', channels_last=channels_last)
+    rt = Runtime('cpu', precision, 'default' if compile_backend else 'off', channels_last=channels_last)
     torch.manual_seed(0)
     model = rt.prepare(build_model('wrn28_2', 10, 1, (0.3,), (0.35,), 0.01))
     net = rt.compile(model, backend=compile_backend) if compile_backend else model
@@ -26,10 +27,10 @@ def one_step(method, flags, precision, channels_last, compile_backend=None, acc=
     g = torch.Generator().manual_seed(1)
     batch = (torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10,
              torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10)
-    train_acc = common.TrainAccuracy(rt.device)
+    train_acc = semisup.TrainAccuracy(rt.device)
     train_acc.add(torch.tensor(acc[0]), acc[1])
     torch.manual_seed(2)  # the same augmentations, mixup lambda and partners in every variant
-    m = train.train_step(net, common.make_ema(model, 0.999), optimizer, rt, batch, train_acc, None, 0, args)
+    m = step_once(train, net, semisup.make_ema(model, 0.999), optimizer, rt, args, batch, train_acc)
     return {k: v.item() for k, v in m.items()}
 
 
@@ -67,7 +68,7 @@ def test_bench_writes_the_documented_json(tmp_path, isa):
                         '--profile'],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
-    bf16 = isa is None and common.bf16_unusable('cpu') is None
+    bf16 = isa is None and bf16_unusable('cpu') is None
     rows = json.load(open(out))
     assert [(x['precision'], x['channels_last'], x['compile']) for x in rows] == [
         ('fp32', False, False), ('fp32', True, False)] + ([('bf16', False, False), ('bf16', True, False)] if bf16 else [])
