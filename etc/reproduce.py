@@ -6,7 +6,7 @@ run's log.jsonl into etc/results/<preset>/table{1,2,3}.md.
     python etc/reproduce.py --table 2 --entries labeled-only,mixmatch,adaptive-ce-1 --seeds 3 --preset medium \
         --jobs 2                                                             # the headline comparison
     python etc/reproduce.py --table all --seeds 3 --preset full --device cuda
-    python etc/reproduce.py --table all --seeds 1 --preset quick --report --readme   # tables from finished runs
+    python etc/reproduce.py --table all --seeds 3 --preset quick --report --readme   # tables from finished runs
 
 Seed i runs every entry with `--seed i --split-seed i`: the same labeled images and the same initialization,
 so the entries of one seed are paired. Runs go to runs/reproduce/<preset>/<entry>/s<i>; an interrupted call
@@ -362,28 +362,25 @@ def paired(results, entry, base, seeds):
             if results.get((entry, s)) and results.get((base, s))]
 
 
-def readme_block(args, seeds, results):
-    """The README's results for one preset: a table per paper table, with the released checkpoint of each entry."""
-    manifest = os.path.join(REPO, 'pretrained', 'manifest.json')
-    released = {}
-    if os.path.exists(manifest):
-        with open(manifest) as f:
-            m = json.load(f)
-        released = {r['entry']: r for r in m['checkpoints'] if r['preset'] == args.preset}
+def preset_summary(args, seeds, results):
+    """etc/results/<preset>/README.md: a table per paper table, each entry with its command, top-1/top-5, the
+    paired differences and the released checkpoint."""
+    released = released_checkpoints()
     s = schedule(args.preset)
     flags = (f'--n-val {s["n_val"]} --steps {s["steps"]} --eval-every {s["eval_every"]} --acc-window '
              f'{s["acc_window"]} --seed i --split-seed i')
-    lines = [f'<!-- results {args.preset}: begin (written by `python etc/reproduce.py --preset {args.preset} '
-             f'--report --readme`; edit the script, not this block) -->',
-             f'Preset `{args.preset}`, {"seed " + str(seeds[0]) if len(seeds) == 1 else f"seeds {seeds[0]}–{seeds[-1]}"}'
+    lines = [f'# Preset `{args.preset}`: {s["steps"]} steps', '',
+             f'Written by `python etc/reproduce.py --preset {args.preset} --seeds {len(seeds)} --report` from the '
+             f'finished runs. {"Seed " + str(seeds[0]) if len(seeds) == 1 else f"Seeds {seeds[0]}–{seeds[-1]}"}'
              f' where run (n per row), on {"; ".join(sorted({r["hardware"] for r in results.values()})) or "—"}. '
              'Every command below also '
              f'takes `{flags}` (MixMatch rows: `--rampup-steps {s["rampup"]}`). Top-1/top-5: test set, EMA weights '
              'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in '
-             'top-1 (row minus column). Checkpoint: seed 0\'s, with the numbers its file gives in pretrained/README.md.', '']
+             'top-1 (row minus column). Checkpoint: seed 0\'s, with the numbers its file gives in '
+             '[pretrained/README.md](../../../pretrained/README.md).', '']
     for t in args.tables:
         title, rows = TABLES[t]
-        lines += [f'**{title}** ([details]({os.path.relpath(table_path(args, t), REPO)}))', '']
+        lines += [f'**{title}** ([per run](table{t}.md))', '']
         if any(results.get((e, sd)) for e, _ in rows for sd in seeds):
             lines += ['| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | '
                       'Δ vs labeled-only | Δ vs MixMatch | checkpoint | sha256 |', '|---|---|---|---|---|---|---|---|---|']
@@ -397,30 +394,71 @@ def readme_block(args, seeds, results):
                 continue
             score = (f'{mean_std([r["best_top1"] for r in done])} / {mean_std([r["best_top5"] for r in done])} '
                      f'({len(done)})')
-            deltas = []
-            for base in (base_lo, base_mm):
-                d = paired(results, entry, base, seeds) if entry != base else []
-                deltas.append(f'{mean_std(d, signed=True)} ({len(d)})' if d else '')
-            ck = released.get(entry)
-            checkpoint = f'[{ck["file"]}](pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…`' if ck else '— | —'
+            deltas = [delta(results, entry, base, seeds) for base in (base_lo, base_mm)]
+            ck = released.get((entry, args.preset))
+            checkpoint = (f'[{ck["file"]}](../../../pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…`' if ck
+                          else '— | —')
             lines.append(f'| {what} | {session} | {paper or "—"} | `{method_command(entry)}` | {score} | '
                          f'{deltas[0]} | {deltas[1]} | {checkpoint} |')
-        lines.append(f'\nNot run at this preset: {", ".join(missing)}.\n' if missing else '')
-        if len(missing) == len(rows):
-            lines[-1] = lines[-1].lstrip('\n')
-    lines.append(f'<!-- results {args.preset}: end -->')
+        lines += ['', f'Not run at this preset: {", ".join(missing)}.', ''] if missing else ['']
+    return '\n'.join(lines).rstrip() + '\n'
+
+
+def released_checkpoints():
+    """(entry, preset) -> its manifest row in pretrained/manifest.json."""
+    manifest = os.path.join(REPO, 'pretrained', 'manifest.json')
+    if not os.path.exists(manifest):
+        return {}
+    with open(manifest) as f:
+        return {(r['entry'], r['preset']): r for r in json.load(f)['checkpoints']}
+
+
+def delta(results, entry, base, seeds):
+    """Mean ± std of the paired differences, with n; empty for the base itself or without pairs."""
+    d = paired(results, entry, base, seeds) if entry != base else []
+    return f'{mean_std(d, signed=True)} ({len(d)})' if d else ''
+
+
+def readme_block(args, seeds):
+    """The README's one results table: every entry of every table at every preset that has finished runs."""
+    released = released_checkpoints()
+    lines = ['<!-- results: begin (written by `python etc/reproduce.py --seeds 3 --report --readme`; edit the '
+             'script, not this block) -->',
+             '| paper entry | session | paper top-1 | our command | ours: test top-1 (n, preset) | Δ vs MixMatch | '
+             'Δ vs labeled-only | checkpoint |', '|---|---|---|---|---|---|---|---|']
+    entries = list(dict.fromkeys(e for t in TABLES.values() for e, _ in t[1]))
+    papers = {e: p for t in TABLES.values() for e, p in t[1]}
+    tables = {e: ', '.join(f'T{t}' for t, (_, rows) in TABLES.items() if e in dict(rows)) for e in entries}
+    per_preset = {}
+    for preset in PRESETS:
+        a = argparse.Namespace(**{**vars(args), 'preset': preset})
+        per_preset[preset] = {(e, sd): summarize(out) for e in entries for sd in seeds
+                              if (out := finished_dir(a, e, sd))}
+    for entry in entries:
+        _, _, labels, session, what = ENTRIES[entry]
+        base_lo, base_mm = ('labeled-only', 'mixmatch') if labels == LABELS else ('labeled-only-few', 'mixmatch-few')
+        for preset, results in per_preset.items():
+            done = [results[(entry, sd)] for sd in seeds if results.get((entry, sd))]
+            if not done:
+                continue
+            ck = released.get((entry, preset))
+            checkpoint = f'[{ck["file"][:-3]}](pretrained/{ck["file"]})' if ck else '—'
+            lines.append(f'| {tables[entry]}: {what} | {session} | {papers[entry] or "—"} | '
+                         f'`{method_command(entry)}` | **{mean_std([r["best_top1"] for r in done])}** '
+                         f'({len(done)}, {preset}) | {delta(results, entry, base_mm, seeds)} | '
+                         f'{delta(results, entry, base_lo, seeds)} | {checkpoint} |')
+    lines.append('<!-- results: end -->')
     return '\n'.join(lines)
 
 
-def write_readme(args, seeds, results, path=os.path.join(REPO, 'README.md')):
+def write_readme(args, seeds, path=os.path.join(REPO, 'README.md')):
     with open(path) as f:
         text = f.read()
-    block = readme_block(args, seeds, results)
-    m = re.search(rf'<!-- results {args.preset}: begin.*?<!-- results {args.preset}: end -->', text, re.S)
+    m = re.search(r'<!-- results: begin.*?<!-- results: end -->', text, re.S)
     if not m:
-        raise UsageError(f'README.md has no "<!-- results {args.preset}: begin" ... "end -->" block to fill')
+        raise UsageError(f'{path} has no "<!-- results: begin" ... "<!-- results: end -->" block to fill')
     with open(path, 'w') as f:
-        f.write(text[:m.start()] + block + text[m.end():])
+        f.write(text[:m.start()] + readme_block(args, seeds) + text[m.end():])
     return path
 
 
@@ -467,7 +505,7 @@ def get_args(argv=None):
                    help='where the tables and copied logs go (relative paths: to the repository)')
     p.add_argument('--report', action='store_true', help='only write the tables from the runs that finished')
     p.add_argument('--readme', action='store_true',
-                   help='also fill README.md\'s "results <preset>" block (tables, paired differences, checkpoints)')
+                   help='also fill README.md\'s results table from the finished runs of every preset')
     p.add_argument('--dry-run', action='store_true', help='print the commands and exit')
     args = p.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.first_seed < 0:
@@ -511,8 +549,12 @@ def main(args):
                 if r:
                     all_results[(e, s)] = r
         print(f'wrote {write_table(t, seeds, args, all_results)}')
+    summary = os.path.join(args.results_dir, args.preset, 'README.md')
+    with open(summary, 'w') as f:
+        f.write(preset_summary(args, seeds, all_results))
+    print(f'wrote {summary}')
     if args.readme:
-        print(f'wrote {write_readme(args, seeds, all_results)}')
+        print(f'wrote {write_readme(args, seeds)}')
     if failed:
         print(f'error: {len(failed)} run(s) failed: ' + ', '.join(f'{e} seed {s}' for e, s in failed), file=sys.stderr)
         return 1

@@ -86,16 +86,30 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
                                  str(tmp_path / 'results'), '--report'])
     assert reproduce.main(medium) == 0 and 'not run' in open(tmp_path / 'results' / 'medium' / 'table3.md').read()
     assert open(tmp_path / 'results' / 'quick' / 'table3.md').read() == text
-    readme = tmp_path / 'README.md'
-    readme.write_text('intro\n<!-- results quick: begin -->\nold\n<!-- results quick: end -->\nrest\n')
-    results = {(e, s): reproduce.summarize(reproduce.finished_dir(args, e, s))
-               for e in ('labeled-only-few', 'mixmatch-few') for s in (0, 1)}
-    reproduce.write_readme(args, [0, 1], results, str(readme))
-    text = readme.read_text()
-    assert text.startswith('intro\n<!-- results quick: begin') and text.endswith('<!-- results quick: end -->\nrest\n')
-    assert 'old' not in text and 'Not run at this preset: adaptive-ce-1-few.' in text
+    summary = open(tmp_path / 'results' / 'quick' / 'README.md').read()  # the preset's summary, with commands
     assert ('| MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --n-labeled 80` | 80.00 ± 1.41 / '
-            '90.00 ± 1.41 (2) | +21.50 ± 2.12 (2) |  |') in text
+            '90.00 ± 1.41 (2) | +21.50 ± 2.12 (2) |  |') in summary
+    assert 'Not run at this preset: adaptive-ce-1-few.' in summary
+    # the README's one table: every entry at every preset with finished runs, its paired differences
+    fake_run(runs, 'mixmatch-few', 0, [70, 75, 80], [71, 76, 85], preset='medium')
+    fake_run(runs, 'labeled-only-few', 0, [50, 55, 40], [53, 56, 41], preset='medium')
+    monkeypatch.setattr(reproduce, 'released_checkpoints', lambda: {
+        ('mixmatch-few', 'quick'): {'file': 'mixmatch-few-quick-s0-0123abcd.pt', 'sha256': '0123abcd' * 8}})
+    readme = tmp_path / 'README.md'
+    readme.write_text('intro\n<!-- results: begin -->\nold\n<!-- results: end -->\nrest\n')
+    reproduce.write_readme(args, [0, 1], str(readme))
+    text = readme.read_text()
+    assert text.startswith('intro\n<!-- results: begin') and text.endswith('<!-- results: end -->\nrest\n')
+    rows = [line for line in text.splitlines() if line.startswith('| T3')]
+    assert rows == [
+        '| T3: labeled only, few labels | 458-465 | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
+        '**58.50 ± 3.54** (2, quick) | −21.50 ± 2.12 (2) |  | — |',
+        '| T3: labeled only, few labels | 458-465 | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
+        '**56.00** (1, medium) | −29.00 (1) |  | — |',
+        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --n-labeled 80` | **80.00 ± 1.41** (2, '
+        'quick) |  | +21.50 ± 2.12 (2) | [mixmatch-few-quick-s0-0123abcd](pretrained/mixmatch-few-quick-s0-0123abcd.pt) |',
+        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --n-labeled 80` | **85.00** (1, medium) '
+        '|  | +29.00 (1) | — |']
 
 
 def test_cpu_threads_split_the_cores_and_the_last_lone_run_gets_them_all():
