@@ -6,7 +6,8 @@ load_dataset() returns a Dataset with
                                         that we treat as unlabeled are kept: they only feed diagnostics)
   test_images / test_labels             the labeled test set, or None (the original NSML layout has none)
   classes                               class names, index order
-make_split() picks the validation and labeled indices, class-balanced and deterministic from --split-seed.
+make_split() picks the validation and labeled indices, class-balanced and deterministic from --split-seed;
+on_device() moves the sets to the training device, and IndexStream samples batches there.
 """
 import gzip
 import hashlib

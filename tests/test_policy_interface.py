@@ -93,6 +93,20 @@ def test_the_readme_example_resumes_bit_exactly_after_sigkill(world):
             assert torch.equal(a[key][name], b[key][name]), f'{key}.{name}'
 
 
+def test_a_checkpoint_without_the_policys_state_is_refused_with_one_line(world):
+    """A checkpoint.pt of the first layout (before policies kept state) cannot resume a policy that keeps some."""
+    if 'straight' not in world:
+        pytest.skip('needs the uninterrupted run')
+    old = world['top'] / 'format1'
+    shutil.copytree(world['straight'], old)
+    ckpt = torch.load(old / 'checkpoint.pt', weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if k not in ('format', 'policy', 'policy_name')}, old / 'checkpoint.pt')
+    r = run(command(world['good'], world, str(old), '--resume', 'auto', steps=STEPS + 4))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: --resume {old / 'checkpoint.pt'}: the checkpoint predates policy state, and policy 'class-balanced' "
+        'keeps some; start a new run']
+
+
 def torchrun(script, w, out):
     return run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                 *command(script, w, out, steps=4, eval_every=1)[1:]])
