@@ -159,6 +159,7 @@ def evaluate_and_log(eval_model, eval_sets, w, lambda_u, step, log, meta, batch_
         record |= {f'{name}_top1': r and r['top1'], f'{name}_top5': r and r['top5'], f'{name}_loss': r and r['loss']}
         if name == 'val' and r is not None:
             val = (r['correct'], max(r['count'], 1))
+    record |= {k: v for k, v in w.items() if k.startswith('policy_')}
     record['ms_per_step'] = w['ms_per_step']
     log.write(record | meta)
     return record, val

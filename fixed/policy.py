@@ -7,6 +7,7 @@ asks the policy:
     select(u, ctx) -> (u, keep, threshold)   which guessed images train; the default calls mask(u, ctx)
     loss(rows, u, ctx) -> (term, loss_u)     the unlabeled term of the loss (and what the log calls loss_u)
     lambda_u(step)                           the unlabeled weight at a step (logged; the default loss uses it)
+    log_values() -> {name: scalar tensor}    anything else to log, as policy_<name> (window means)
 Unkept images take no part in mixup or in the default loss.
 
 State: tensors registered with self.register_buffer(name, tensor) in __init__ are the policy's state. The
@@ -102,3 +103,8 @@ class Policy(torch.nn.Module):
         """(the unlabeled term of the total loss, the unlabeled loss the log reports as loss_u)."""
         loss_u = semisup.unlabeled_loss(rows.logits, rows.targets, rows.keep, self.args.loss)
         return self.lambda_u(ctx.step) * loss_u, loss_u
+
+    def log_values(self):
+        """Scalars of this step to log (device tensors, no host sync): policy_<name> in log.jsonl and TensorBoard,
+        averaged over each evaluation window."""
+        return {}

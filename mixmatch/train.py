@@ -138,6 +138,7 @@ def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, arg
         known = keep & (u.hidden >= 0)
         out |= {'pl_correct': ((u.target.argmax(dim=1) == u.hidden) & known).sum(), 'pl_count': known.sum(),
                 'mask_ratio': keep.float().mean(), 'threshold': threshold, 'confidence': policy.confidence(u).mean()}
+        out |= {f'policy_{k}': v for k, v in policy.log_values().items()}
     return out
 
 

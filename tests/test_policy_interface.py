@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import torch
 
+import metrics
 import semisup
 from conftest import REPO, load_train, make_plain_folder, tiny_run_args
 from data import IndexStream
@@ -145,6 +146,9 @@ class EnsureRatio(Policy):
         self.drawn = len(pool.images)
         return chosen, self.confidence(chosen) >= self.threshold, torch.tensor(self.threshold)
 
+    def log_values(self):
+        return {'guessed': torch.tensor(float(self.drawn))}
+
 
 class MixedLoss(Policy):
     """Session 409: MixMatch's term over every image with a ramped weight, plus a second term, weight 2, over
@@ -197,6 +201,18 @@ def test_an_ensure_ratio_policy_draws_until_its_cap_and_trains_on_b_u_images(thr
     policy, m = one_step(type('EnsureRatioAt', (EnsureRatio,), {'threshold': threshold}))
     assert policy.drawn == drawn                   # nothing passes 1.0: 3 extra batches; everything passes 0: none
     assert m['mask_ratio'].item() == mask_ratio and torch.isfinite(m['loss'])
+    assert m['policy_guessed'].item() == drawn     # a policy's own values join the step's metrics
+
+
+def test_a_policys_own_values_reach_the_log():
+    class Log:
+        def write(self, record):
+            self.record = record
+
+    log = Log()
+    window = {'loss': 1.0, 'loss_x': 1.0, 'loss_u': 0.0, 'train_acc': 50.0, 'ms_per_step': 3.0, 'policy_guessed': 16.0}
+    record, val = metrics.evaluate_and_log(None, {}, window, 1.0, 10, log, {'amp': 'off'}, 100)
+    assert log.record['policy_guessed'] == 16.0 and log.record['amp'] == 'off' and val is None
 
 
 def test_a_two_term_loss_and_a_weight_schedule():
