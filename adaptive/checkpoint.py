@@ -13,7 +13,8 @@ import torch
 from models import UserError
 from runtime import seed_everything
 
-FORMAT = 2  # checkpoint.pt layout: 1 had no 'policy' entry (it resumes where the policy keeps no state)
+FORMAT = 3  # checkpoint.pt layout: 1 had no policy state (it resumes where the policy keeps none); 1 and 2
+#             counted the train accuracy in 4 counts (a window-mean seed): they resume under --acc-seed window
 RESUMABLE = ('model', 'optimizer', 'step')  # what an evaluation checkpoint (best.pt, a released file) lacks
 
 
@@ -189,7 +190,9 @@ def restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, st
     optimizer.load_state_dict(ckpt['optimizer'])
     for group in optimizer.param_groups:  # flags given now win over the saved ones
         group['lr'], group['weight_decay'] = args.lr, args.wd
-    train_acc.state.copy_(ckpt['train_acc'])
+    if not train_acc.load(ckpt['train_acc']):
+        raise UserError(f'--resume {path}: the checkpoint counted the train accuracy as the first release did; '
+                        'resume it with --acc-seed window (and --train-acc mixed where the policy reads it)')
     progress = Progress(ckpt['step'], ckpt['best'], ckpt['history'], tuple(ckpt['val_acc']))
     note = None
     if len(ckpt['rng']) == rt.world:

@@ -1,7 +1,10 @@
 """MixMatch's math, shared by every method: sharpening, MixUp, the losses, the running train accuracy (the
 competence signal the adaptive threshold follows) and the EMA of the weights used for evaluation. Shared module
 (identical copies in every method folder)."""
+import contextlib
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
@@ -55,30 +58,66 @@ def unlabeled_loss(logits, targets, mask, kind):
 # Train accuracy (the adaptive threshold follows it; every method logs it)
 # =========================================================================================================
 class TrainAccuracy:
-    """Running top-1 on the labeled rows of the current window of --acc-window steps, as integer counts on
-    the device. At a window's start no batch has been counted yet and the previous window's last value is
-    used (the original's "last acc val update"); the very first window starts at 0."""
+    """The running top-1 on the labeled batches of the current window of --acc-window steps (the original: one
+    epoch), as integer counts on the device, so that k = floor(B_u * acc) is exact. --acc-seed sets how a
+    window starts:
+      last-batch  session 431's "last acc val update" (the paper's table 2): the previous window's last batch
+                  accuracy enters the new window's mean with the weight of one image, as the original's
+                  AverageMeter.update(value, 1) beside batches of weight B; the first window's seed is 0.
+      none        session 401: each window starts empty, so its first step reads 0.
+      window      the first release's rule: until the window's first batch, the previous window's mean."""
+    SEEDS = ('last-batch', 'none', 'window')
 
-    def __init__(self, device):
-        self.state = torch.zeros(4, dtype=torch.long, device=device)  # correct, seen, seed_correct, seed_seen
+    def __init__(self, device, seed='last-batch'):
+        self.seed = seed
+        # this window's correct and seen; the last batch's correct and seen; the seed's correct and seen
+        self.state = torch.tensor([0, 0, 0, 0, 0, 1], dtype=torch.long, device=device)
 
     def add(self, correct, seen):
         """correct, seen: counts of one step (tensors or ints), already summed over processes."""
         self.state[0] += correct
         self.state[1] += seen
+        self.state[2] = correct
+        self.state[3] = seen
 
     def fraction(self):
         """(numerator, denominator) of the accuracy in force, as device tensors; denominator >= 1."""
-        fresh = self.state[1] > 0
-        num = torch.where(fresh, self.state[0], self.state[2])
-        den = torch.where(fresh, self.state[1], self.state[3])
-        return num, den.clamp(min=1)
+        correct, seen, _, _, seed_correct, seed_seen = self.state
+        if self.seed == 'last-batch':  # (seed_correct / seed_seen * 1 + correct) / (1 + seen), in integers
+            return seed_correct + seed_seen * correct, seed_seen * (1 + seen)
+        if self.seed == 'window':
+            fresh = seen > 0
+            return torch.where(fresh, correct, seed_correct), torch.where(fresh, seen, seed_seen).clamp(min=1)
+        return correct, seen.clamp(min=1)
 
     def new_window(self):
-        fresh = self.state[1] > 0
-        self.state[2:] = torch.where(fresh, self.state[:2], self.state[2:])
+        """An empty window keeps the seed it had."""
+        if self.seed != 'none':
+            source = self.state[2:4] if self.seed == 'last-batch' else self.state[0:2]
+            self.state[4:] = torch.where(self.state[1] > 0, source, self.state[4:])
         self.state[:2] = 0
 
+    def load(self, saved):
+        """A saved state; the first release saved 4 counts (window-mean seed), which load under --acc-seed window."""
+        if len(saved) == 4 and self.seed == 'window':
+            saved = torch.stack([saved[0], saved[1], saved[0] * 0, saved[0] * 0, saved[2], saved[3]])
+        if saved.shape != self.state.shape:
+            return False
+        self.state.copy_(saved)
+        return True
+
+
+@contextlib.contextmanager
+def batch_statistics_only(model):
+    """BatchNorm layers normalize with the batch's own statistics and leave their running statistics alone."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
 
 # =========================================================================================================
 # EMA of weights, through torch.optim.swa_utils

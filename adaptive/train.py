@@ -45,6 +45,18 @@ def add_method_flags(parser):
                    help='the accuracy that sets k: train (running top-1 on labeled batches, the paper) or val')
     g.add_argument('--confidence', default='unsharpened', choices=('unsharpened', 'sharpened'),
                    help='max of the mean prediction before (original code) or after sharpening (report, Algorithm 1)')
+    g.add_argument('--warm-threshold', type=float, default=0.9,
+                   help='warm-start: the fixed threshold before the switch (the notes: 0.9 or 0.8)')
+    g.add_argument('--warm-until', type=float, default=20,
+                   help='warm-start: switch once the running train accuracy exceeds this many percent (original: 20)')
+    g.add_argument('--extra-draws', type=int, default=5,
+                   help='warm-start: most further unlabeled batches drawn per step to keep B_u images (original: 5)')
+    g.add_argument('--flex-threshold', type=float, default=0.95,
+                   help='flexmatch: tau, the threshold of a class that is learned well (FlexMatch: 0.95)')
+    g.add_argument('--flex-warmup', default='on', choices=('on', 'off'),
+                   help='flexmatch: count the images not yet above tau in the normalization (FlexMatch: on)')
+    g.add_argument('--free-momentum', type=float, default=0.999,
+                   help='freematch: momentum of the EMAs of confidence and class prediction (FreeMatch: 0.999)')
     parser.set_defaults(loss='ce')
     return g
 
@@ -54,6 +66,13 @@ def check_method_args(args):
         raise UserError(f'--min-th {args.min_th} must be in [0, 1]')
     if args.acc_source == 'val' and args.n_val == 0:
         raise UserError('--acc-source val needs a validation set (--n-val > 0)')
+    checks = [(0 < args.warm_threshold <= 1 and 0 <= args.warm_until <= 100, '--warm-threshold must be in (0, 1] '
+               'and --warm-until in [0, 100]'), (args.extra_draws >= 0, '--extra-draws must be >= 0'),
+              (0 < args.flex_threshold <= 1, '--flex-threshold must be in (0, 1]'),
+              (0 <= args.free_momentum < 1, '--free-momentum must be in [0, 1)')]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
 
 
 def run_tag(args):
@@ -68,10 +87,14 @@ class Accuracy(Policy):
     batch). The threshold logged is the lowest kept confidence, or 1 when none is kept."""
     FLAGS = ('min_th', 'acc_source', 'confidence')
 
+    @staticmethod
+    def reads_train_acc(args):
+        return args.acc_source == 'train'
+
     def mask(self, u, ctx):
         everyone = ctx.rt.all_gather(self.confidence(u))
         num, den = ctx.train_acc if self.args.acc_source == 'train' else ctx.val_acc
-        k = (len(everyone) * num) // den
+        self.k = k = (len(everyone) * num) // den
         ranked = everyone.sort(descending=True, stable=True)
         position = torch.empty_like(ranked.indices)
         position[ranked.indices] = torch.arange(len(everyone), device=everyone.device)
@@ -79,8 +102,102 @@ class Accuracy(Policy):
         kth = ranked.values.gather(0, (k - 1).clamp(min=0).view(1)).squeeze(0)
         return keep, torch.where(k > 0, kth.clamp(min=self.args.min_th), torch.ones_like(kth))
 
+    def log_values(self):
+        return {'k': self.k.float()}  # how many images the accuracy allows, before the floor
 
-POLICIES = {'accuracy': Accuracy}
+
+class WarmStart(Accuracy):
+    """Sessions 417 and 428: a fixed --warm-threshold until the running train accuracy first exceeds
+    --warm-until %, then the paper's rule (Accuracy). After the switch, "ensure the ratio": further unlabeled
+    batches are drawn and guessed (up to --extra-draws of them) until B_u images pass the rule, and the first
+    B_u kept, in order, train. The step of the switch is state (policy_switched in the log)."""
+    FLAGS = ('min_th', 'confidence', 'warm_threshold', 'warm_until', 'extra_draws')
+
+    def __init__(self, args, num_classes, n_unlabeled):
+        super().__init__(args, num_classes, n_unlabeled)
+        self.register_buffer('switched_at', torch.tensor(-1))  # the step of the switch, -1 before it
+
+    @staticmethod
+    def reads_train_acc(args):
+        return True
+
+    def select(self, u, ctx):
+        num, den = ctx.train_acc
+        self.switched_at.copy_(torch.where((self.switched_at < 0) & (100 * num > self.args.warm_until * den),
+                                           ctx.step, self.switched_at))
+        self.guessed = u.mean_prob.new_tensor(float(len(u.images)))
+        if int(self.switched_at) < 0:  # one host sync: the number of forward passes depends on it
+            return u, self.confidence(u) >= self.args.warm_threshold, torch.tensor(self.args.warm_threshold)
+        pool, (keep, threshold) = u, self.mask(u, ctx)
+        for _ in range(self.args.extra_draws):  # every process draws as often: the count is global
+            if int(ctx.rt.all_reduce(keep.sum())) >= len(u.images) * ctx.rt.world:
+                break
+            more = ctx.draw()
+            keep_more, threshold = self.mask(more, ctx)
+            pool, keep = pool.cat(more), torch.cat([keep, keep_more])
+        self.guessed = u.mean_prob.new_tensor(float(len(pool.images)))
+        first = (~keep).to(torch.uint8).argsort(stable=True)[:len(u.images)]  # the kept ones first, in order
+        return pool.take(first), keep[first], threshold
+
+    def log_values(self):
+        return {'switched': (self.switched_at >= 0).float(), 'guessed': self.guessed}
+
+
+class FlexMatch(Policy):
+    """FlexMatch's class-wise thresholds (Zhang et al. 2021, curriculum pseudo labeling), as the paper writes them:
+        sigma_t(c) = #{unlabeled images n whose latest prediction above tau was class c}
+        beta_t(c)  = sigma_t(c) / max(max_c sigma_t, N - sum_c sigma_t)   (with threshold warm-up; else / max_c)
+        T_t(c)     = M(beta_t(c)) * tau,  M(x) = x / (2 - x)               (the convex mapping)
+    An image is kept iff its confidence reaches T_t of its predicted class; then the predictions above tau update
+    the per-image record and beta, unless every image shares one record (as the reference implementation)."""
+    FLAGS = ('flex_threshold', 'flex_warmup', 'confidence')
+
+    def __init__(self, args, num_classes, n_unlabeled):
+        super().__init__(args, num_classes, n_unlabeled)
+        self.register_buffer('record', torch.full((n_unlabeled,), -1))  # latest class above tau, -1: none yet
+        self.register_buffer('beta', torch.zeros(num_classes))
+
+    def mask(self, u, ctx):
+        confidence, label = self.confidence(u), u.mean_prob.argmax(dim=1)
+        tau = self.args.flex_threshold
+        thresholds = tau * self.beta / (2 - self.beta)
+        keep = confidence >= thresholds[label]
+        index, confidence, label = (ctx.rt.all_gather(t) for t in (u.index, confidence, label))
+        order = index.argsort(stable=True)  # an image drawn twice in one step: its last prediction counts
+        last = torch.ones_like(order, dtype=torch.bool)
+        last[:-1] = index[order[1:]] != index[order[:-1]]
+        index, confidence, label = index[order[last]], confidence[order[last]], label[order[last]]
+        self.record[index] = torch.where(confidence >= tau, label, self.record[index])
+        counts = torch.bincount(self.record + 1, minlength=self.num_classes + 1)  # [unused, sigma_1 .. sigma_C]
+        scale = counts.max() if self.args.flex_warmup == 'on' else counts[1:].max().clamp(min=1)
+        self.beta.copy_(torch.where(counts.max() < len(self.record), counts[1:] / scale, self.beta))
+        return keep, thresholds.mean()
+
+
+class FreeMatch(Policy):
+    """FreeMatch's self-adaptive thresholds (Wang et al. 2023), as the paper writes them, over every process's
+    batch (q: the mean predictions, lambda: --free-momentum), both EMAs started at 1/C:
+        tau_t    = lambda * tau_{t-1} + (1 - lambda) * mean_b max_c q_b(c)      (global)
+        p_t(c)   = lambda * p_{t-1}(c) + (1 - lambda) * mean_b q_b(c)          (local)
+        tau_t(c) = p_t(c) / max_c p_t(c) * tau_t
+    The batch enters the EMAs before the mask, as the reference implementation. No fairness loss."""
+    FLAGS = ('free_momentum', 'confidence')
+
+    def __init__(self, args, num_classes, n_unlabeled):
+        super().__init__(args, num_classes, n_unlabeled)
+        self.register_buffer('tau', torch.tensor(1 / num_classes))
+        self.register_buffer('p', torch.full((num_classes,), 1 / num_classes))
+
+    def mask(self, u, ctx):
+        confidence, label = self.confidence(u), u.mean_prob.argmax(dim=1)
+        m = self.args.free_momentum
+        self.tau.mul_(m).add_((1 - m) * ctx.rt.all_gather(confidence).mean())
+        self.p.mul_(m).add_((1 - m) * ctx.rt.all_gather(u.mean_prob).mean(dim=0))
+        thresholds = self.tau * self.p / self.p.max()
+        return confidence >= thresholds[label], thresholds.mean()
+
+
+POLICIES = {'accuracy': Accuracy, 'warm-start': WarmStart, 'flexmatch': FlexMatch, 'freematch': FreeMatch}
 
 
 # =========================================================================================================
@@ -103,6 +220,12 @@ def draw_and_guess(net, rt, sampler, x_unl, y_unl, args):
     """The sampler's next unlabeled batch, guessed (a policy's ctx.draw())."""
     i = sampler.next()
     return guess_labels(net, rt, x_unl[i], i, y_unl[i], args)
+
+
+def forward(net, rt, images):
+    """The training model's fp32 logits, with gradient (a policy's ctx.forward())."""
+    with rt.autocast():
+        return net(images.contiguous(memory_format=rt.memory_format)).float()
 
 
 def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, args):
@@ -142,8 +265,16 @@ def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, arg
     if ema is not None:
         ema.update_parameters(net)
 
-    # Train accuracy from logits the step already has: each mixed labeled row is >= 50% its own image.
-    correct = (logits[:B].argmax(dim=1) == y_l).sum()
+    # Train accuracy, the competence signal a policy may read. As the original: a forward of the labeled batch's
+    # own (unmixed) augmentation after the step, with batch statistics (BatchNorm's running statistics are left
+    # alone). With --train-acc mixed, or for a policy that does not read it: the mixed labeled rows the step
+    # already has (each is >= 50% its own image), no extra forward.
+    if u is not None and args.train_acc == 'clean' and policy.reads_train_acc(args):
+        with torch.no_grad(), rt.autocast(), semisup.batch_statistics_only(net):
+            logits_l = net(x[:B].contiguous(memory_format=rt.memory_format)).float()
+    else:
+        logits_l = logits[:B]
+    correct = (logits_l.argmax(dim=1) == y_l).sum()
     train_acc.add(*rt.all_reduce(torch.stack([correct, torch.full_like(correct, B)])))
     num, den = train_acc.fraction()
     out = {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(), 'train_acc': 100.0 * num / den}
@@ -198,7 +329,7 @@ def train(args, rt):
         seed_everything(args.seed * 1000 + rt.rank)
     streams = {'labeled': data.IndexStream(len(x_lab), args.batch_size, dev),
                'unlabeled': data.IndexStream(len(x_unl), args.unlabeled_batch_size, dev)}
-    train_acc = semisup.TrainAccuracy(dev)
+    train_acc = semisup.TrainAccuracy(dev, args.acc_seed)
     progress = checkpoint.Progress()
     if run.ckpt is not None:
         progress, note = checkpoint.restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams)
@@ -218,6 +349,7 @@ def train(args, rt):
     # ---- training loop: metrics stay on the device until a print or an evaluation
     eval_sets = {k: sets[k] for k in ('val', 'test')}
     draw = functools.partial(draw_and_guess, net, rt, streams['unlabeled'], x_unl, y_unl, args)
+    run_model = functools.partial(forward, net, rt)
     val_acc = tuple(torch.tensor(v, device=dev) for v in progress.val_acc)
     meter = metrics.Meter(rt)
     no_bad_step = args.steps + 1
@@ -235,7 +367,7 @@ def train(args, rt):
             u = None
         else:
             u = draw()
-        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw)
+        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model)
         m = train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
         first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
         meter.add(**m)

@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -85,7 +86,7 @@ def profile_table(step, device, steps, rows=12):
 def bench_one(method, shape, precision, channels_last, compile_mode, a):
     train = load_train(method)
     args = train.get_args(['--arch', a.arch, '--batch-size', str(a.batch), '--device', a.device, '--amp',
-                           {'fp32': 'off'}.get(precision, precision), '--compile', compile_mode])
+                           {'fp32': 'off'}.get(precision, precision), '--compile', compile_mode, *shlex.split(a.flags)])
     c, h, w = shape
     args.num_classes, args.augment_kind = 10, augment.choose('auto', h)
     rt = Runtime(args.device, args.amp, args.compile, channels_last=channels_last)
@@ -117,7 +118,7 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a):
 
     def step(i):  # as the training loop runs it
         i_l = streams[0].next()
-        ctx = Context(i, train_acc.fraction(), val_acc, rt, draw_unlabeled)
+        ctx = Context(i, train_acc.fraction(), val_acc, rt, draw_unlabeled, lambda x: train.forward(net, rt, x))
         u = draw_unlabeled()
         train.train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
 
@@ -159,7 +160,7 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a):
             'steps_per_s': 1000 / ms, 'images_per_s': (args.batch_size + args.unlabeled_batch_size) * 1000 / ms,
             'data_ms': 1000 * statistics.median(data_times),
             'peak_mem_bytes': torch.cuda.max_memory_allocated() if dev.type == 'cuda' else None,
-            'flops_per_step': flops, 'torch': str(torch.__version__)}
+            'flops_per_step': flops, 'torch': str(torch.__version__), 'flags': a.flags}
 
 
 def main():
@@ -173,6 +174,8 @@ def main():
     p.add_argument('--steps', type=int, default=None, help='timed steps per configuration (default CPU 8, CUDA 100)')
     p.add_argument('--warmup', type=int, default=None, help='untimed steps first (default CPU 3, CUDA 30)')
     p.add_argument('--compile', action='store_true', help='add torch.compile rows on the CPU (always on CUDA)')
+    p.add_argument('--flags', default='', help='more flags for the methods, e.g. "--policy warm-start" or '
+                                               '"--train-acc mixed"')
     p.add_argument('--json', default=None, metavar='PATH', help='also write the rows as a JSON list')
     p.add_argument('--profile', action='store_true',
                    help='also print the operators that take the time of the step --amp auto runs (bf16 where usable, '

@@ -38,7 +38,10 @@ def slim(best_path):
 def readme(rows, preset, seed):
     lines = ['# Released checkpoints', '',
              f'The best-val EMA weights (fp16) of each table entry, seed {seed} of the `{preset}` preset of '
-             '`etc/reproduce.py` on Fashion-MNIST (WRN-28-2). Made by '
+             '`etc/reproduce.py` on Fashion-MNIST (WRN-28-2)'
+             + (', trained with the first release\'s defaults: each training command spells them out, so it '
+                'reproduces its file with the current code' if reproduce.PRESETS[preset]['setup'] == 'v1' else '')
+             + '. Made by '
              f'`python etc/release_pretrained.py --preset {preset} --seed {seed}`; checked by '
              '`python etc/verify_pretrained.py` (sha256, then the numbers below, within 0.02 points), which CI runs.',
              '',
@@ -69,6 +72,8 @@ def main(argv=None):
                    and os.path.exists(os.path.join(OUT, r['file']))}
     rows = []
     for entry, (script, _, _, session, _) in reproduce.ENTRIES.items():
+        if not reproduce.in_setup(entry, args.preset):
+            continue
         out = reproduce.run_dir(args.runs_dir, args.preset, entry, args.seed)
         info = reproduce.run_state(out)
         if not reproduce.is_done(out, reproduce.command(entry, args.seed, args.preset, 'auto', args.runs_dir)):

@@ -30,41 +30,106 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name: (steps, evaluations, --n-val). The evaluations set --eval-every, --acc-window and the "median of the
-# last 20" window; --n-val 1000 (100 per class) keeps each evaluation (val + 10k test, fp32) cheap on a CPU.
+# name: steps, evaluations, --n-val, and the setup its commands follow. The evaluations set --eval-every,
+# --acc-window and the "median of the last 20" window; --n-val 1000 (100 per class) keeps each evaluation
+# (val + 10k test, fp32) cheap on a CPU. Setup "faithful": the original's MixMatch ramp (from 1/20 of lambda_u,
+# full after 19 of 300 epochs) and the paper's MSE weight per class (below); the train accuracy and its window
+# seed follow the scripts' defaults (as session 431). Setup "v1": the first release's defaults, kept so that its
+# archived runs and released checkpoints can be reproduced exactly: MixMatch ramped from 0 over a quarter of the
+# run, MSE at lambda_u 75, the train accuracy read from the mixed rows with a window-mean seed.
 PRESETS = {
-    'quick': {'steps': 1024, 'evals': 8, 'n_val': 1000},
-    'medium': {'steps': 4096, 'evals': 16, 'n_val': 1000},
-    'full': {'steps': 16384, 'evals': 64, 'n_val': 1000},
+    'quick': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'faithful'},
+    'medium': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'faithful'},
+    'full': {'steps': 16384, 'evals': 64, 'n_val': 1000, 'setup': 'faithful'},
+    'quick-v1': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'v1'},
+    'medium-v1': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'v1'},
 }
 LABELS, FEW_LABELS = 250, 80  # tables 1-2: 25 per class; table 3: 8 per class (the paper's 4k of ~13k: 3.3x fewer)
+CLASSES, PAPER_CLASSES = 10, 265
+ORIGINAL_EPOCHS, RAMPUP_EPOCHS = 300, 19  # the original ran 300 epochs; MixMatch's weight was full after 19
 
-# entry: (script, method flags, labels, original session, what it is)
+
+def paper_mse_weight(lambda_u):
+    """MixMatch's MSE is a mean over classes, so the paper's lambda_u on 265 classes weighs each summed squared
+    error as lambda_u * 10 / 265 does on Fashion-MNIST's 10 classes (150 -> 5.66; the notes' 1200 -> 45.28)."""
+    return f'{lambda_u * CLASSES / PAPER_CLASSES:.2f}'
+
+
+MSE = paper_mse_weight(150)
+CE1 = ['--min-th', '0.5', '--lambda-u', '1', '--loss', 'ce']
+# entry: (script, method flags, labels, original session, what it is); flags of the faithful setup
 ENTRIES = {
-    'labeled-only': ('mixmatch', ['--labeled-only'], LABELS, '458-465', 'labeled only (no unlabeled loss)'),
-    'mixmatch': ('mixmatch', [], LABELS, '405', 'MixMatch (MSE, lambda_u 75, ramp-up)'),
-    'fixed-0.8': ('fixed', ['--threshold', '0.8'], LABELS, '408', 'fixed threshold 0.8 (MSE)'),
-    'adaptive-mse': ('adaptive', ['--min-th', '0.5', '--loss', 'mse'], LABELS, '401', 'adaptive, min 0.5 (MSE)'),
-    'adaptive-ce-1': ('adaptive', ['--min-th', '0.5', '--lambda-u', '1', '--loss', 'ce'], LABELS, '431',
-                      'adaptive CE, lambda_u 1'),
+    'labeled-only': ('mixmatch', ['--labeled-only'], LABELS, '—',
+                     'labeled only (MixMatch\'s step without unlabeled images)'),
+    'mixmatch': ('mixmatch', ['--lambda-u', MSE], LABELS, '405', 'MixMatch (MSE, the paper\'s weight per class)'),
+    'mixmatch-75': ('mixmatch', ['--lambda-u', '75'], LABELS, '405', 'MixMatch (MSE, MixMatch\'s lambda_u 75)'),
+    'fixed-0.8': ('fixed', ['--threshold', '0.8', '--lambda-u', MSE], LABELS, '408', 'fixed threshold 0.8 (MSE)'),
+    'adaptive-mse': ('adaptive', ['--min-th', '0.5', '--loss', 'mse', '--lambda-u', MSE, '--acc-seed', 'none'],
+                     LABELS, '401', 'adaptive, min 0.5 (MSE)'),
+    'adaptive-ce-1': ('adaptive', CE1, LABELS, '431', 'adaptive CE, lambda_u 1'),
     'adaptive-ce-1.5': ('adaptive', ['--min-th', '0.5', '--lambda-u', '1.5', '--loss', 'ce'], LABELS, '467',
                         'adaptive CE, lambda_u 1.5'),
     'adaptive-ce-2': ('adaptive', ['--min-th', '0.5', '--lambda-u', '2', '--loss', 'ce'], LABELS, '468',
                       'adaptive CE, lambda_u 2'),
-    'labeled-only-few': ('mixmatch', ['--labeled-only'], FEW_LABELS, '458-465', 'labeled only, few labels'),
-    'mixmatch-few': ('mixmatch', [], FEW_LABELS, '478', 'MixMatch, few labels'),
-    'adaptive-ce-1-few': ('adaptive', ['--min-th', '0.5', '--lambda-u', '1', '--loss', 'ce'], FEW_LABELS,
-                          '477 -> 485', 'adaptive CE, lambda_u 1, few labels'),
+    'labeled-only-few': ('mixmatch', ['--labeled-only'], FEW_LABELS, '—', 'labeled only, few labels'),
+    'mixmatch-few': ('mixmatch', ['--lambda-u', MSE], FEW_LABELS, '478', 'MixMatch, few labels'),
+    'adaptive-ce-1-few': ('adaptive', CE1, FEW_LABELS, '477 -> 485', 'adaptive CE, lambda_u 1, few labels'),
+    # the study's other policies, and the thresholds the field moved to (etc/sessions.md maps every session)
+    'supervised': ('mixmatch', ['--labeled-only', '--alpha', '0', '--ema-decay', '0'], LABELS, '458-465',
+                   'plain supervised (no mixup, no EMA)'),
+    'mixed-loss': ('mixmatch', ['--policy', 'mixed-loss', '--mixed-threshold', '0.9',
+                                '--lambda-u', paper_mse_weight(100)], LABELS, '409',
+                   'mixed loss: MixMatch + a term over images above 0.9'),
+    'fixed-0.9': ('fixed', ['--threshold', '0.9', '--lambda-u', MSE], LABELS, '407', 'fixed threshold 0.9 (MSE)'),
+    'fixed-0.8-ce': ('fixed', ['--threshold', '0.8', '--loss', 'ce', '--lambda-u', '1'], LABELS, '430',
+                     'fixed threshold 0.8 (CE)'),
+    'linear-slow': ('fixed', ['--policy', 'linear', '--threshold', '0.9', '--threshold-end', '0.5', '--lambda-u', MSE],
+                    LABELS, '79, 348', 'threshold 0.9 -> 0.5 over the run'),
+    'consistency': ('fixed', ['--policy', 'consistency', '--threshold', '0.9', '--lambda-u', MSE], LABELS, '100',
+                    'threshold 0.9 + Pi-model loss below it'),
+    'adaptive-no-floor': ('adaptive', ['--min-th', '0', '--loss', 'mse', '--lambda-u', MSE, '--acc-seed', 'none'],
+                          LABELS, '372-374', 'adaptive, no floor (MSE)'),
+    'adaptive-val': ('adaptive', ['--min-th', '0.5', '--acc-source', 'val', '--loss', 'mse', '--lambda-u', MSE],
+                     LABELS, '406', 'adaptive on val accuracy (MSE)'),
+    'adaptive-val-ce': ('adaptive', ['--min-th', '0.5', '--acc-source', 'val', '--loss', 'ce', '--lambda-u', '1'],
+                        LABELS, '423', 'adaptive on val accuracy (CE)'),
+    'warm-start': ('adaptive', ['--policy', 'warm-start', '--loss', 'mse', '--lambda-u', MSE, '--acc-seed', 'none'],
+                   LABELS, '417', 'warm start + ensure ratio (MSE)'),
+    'warm-start-seeded': ('adaptive', ['--policy', 'warm-start', '--loss', 'mse', '--lambda-u', MSE], LABELS, '428',
+                          'warm start + ensure ratio, last-value seeding'),
+    'adaptive-ce-rampup': ('adaptive', CE1, LABELS, '469', 'adaptive CE, lambda_u ramped to 1'),
+    'adaptive-mse-1200': ('adaptive', ['--min-th', '0.5', '--loss', 'mse', '--lambda-u', paper_mse_weight(1200),
+                                       '--acc-seed', 'none'], LABELS, '466', 'adaptive, MSE lambda_u 1200'),
+    'flexmatch': ('adaptive', ['--policy', 'flexmatch', '--lambda-u', '1', '--loss', 'ce'], LABELS, '—',
+                  'FlexMatch class-wise thresholds (CE)'),
+    'freematch': ('adaptive', ['--policy', 'freematch', '--lambda-u', '1', '--loss', 'ce'], LABELS, '—',
+                  'FreeMatch self-adaptive thresholds (CE)'),
 }
+RAMPED = {'adaptive-ce-rampup'}  # besides MixMatch's entries: the original's ramp (469)
+# the first release's flags for the entries it had (MSE at the scripts' default lambda_u 75)
+V1 = {'labeled-only': ['--labeled-only'], 'mixmatch': [], 'fixed-0.8': ['--threshold', '0.8'],
+      'adaptive-mse': ['--min-th', '0.5', '--loss', 'mse'], 'adaptive-ce-1': CE1,
+      'adaptive-ce-1.5': ENTRIES['adaptive-ce-1.5'][1], 'adaptive-ce-2': ENTRIES['adaptive-ce-2'][1],
+      'labeled-only-few': ['--labeled-only'], 'mixmatch-few': [], 'adaptive-ce-1-few': CE1}
+V1_WHAT = {'mixmatch': 'MixMatch (MSE, lambda_u 75)', 'fixed-0.8': 'fixed threshold 0.8 (MSE, lambda_u 75)',
+           'adaptive-mse': 'adaptive, min 0.5 (MSE, lambda_u 75)', 'mixmatch-few': 'MixMatch, few labels (lambda_u 75)'}
 # table: (title, [(entry, paper top-1 on NAVER fashion or None)])
 TABLES = {
     '1': ('Table 1: threshold policy, MSE unlabeled loss',
-          [('labeled-only', None), ('mixmatch', 73.89), ('fixed-0.8', 72.84), ('adaptive-mse', 73.96)]),
+          [('labeled-only', None), ('mixmatch', 73.89), ('mixmatch-75', None), ('fixed-0.8', 72.84),
+           ('adaptive-mse', 73.96)]),
     '2': ('Table 2: adaptive threshold with a cross-entropy unlabeled loss',
-          [('labeled-only', None), ('mixmatch', 73.89), ('adaptive-ce-1', 75.06), ('adaptive-ce-1.5', 75.14),
-           ('adaptive-ce-2', 74.79)]),
+          [('labeled-only', None), ('mixmatch', 73.89), ('mixmatch-75', None), ('adaptive-ce-1', 75.06),
+           ('adaptive-ce-1.5', 75.14), ('adaptive-ce-2', 74.79)]),
     '3': (f'Table 3: few labels ({FEW_LABELS} on Fashion-MNIST; the paper: 4k of 265 classes)',
           [('labeled-only-few', None), ('mixmatch-few', 59.58), ('adaptive-ce-1-few', 61.15)]),
+    'P': ('Every policy the study tried, and FlexMatch and FreeMatch, on the same data, model and budget',
+          [('labeled-only', None), ('mixmatch', 73.89), ('supervised', None), ('mixmatch-75', None),
+           ('mixed-loss', None), ('fixed-0.8', 72.84), ('fixed-0.9', None), ('fixed-0.8-ce', None),
+           ('linear-slow', None), ('consistency', None), ('adaptive-mse', 73.96), ('adaptive-no-floor', None),
+           ('adaptive-val', None), ('adaptive-val-ce', None), ('warm-start', None), ('warm-start-seeded', None),
+           ('adaptive-ce-1', 75.06), ('adaptive-ce-rampup', None), ('adaptive-mse-1200', None), ('flexmatch', None),
+           ('freematch', None)]),
 }
 
 
@@ -75,18 +140,39 @@ class UsageError(Exception):
 def schedule(preset):
     p = PRESETS[preset]
     every = p['steps'] // p['evals']
-    return {'steps': p['steps'], 'eval_every': every, 'acc_window': every, 'rampup': p['steps'] // 4,
-            'n_val': p['n_val'], 'evals': p['evals']}
+    if p['setup'] == 'faithful':  # lambda_u * min(1, (1 + s/E) / 20), E = steps / 300: from 1/20, full at 19 E
+        rampup = ['--rampup-steps', str(round(RAMPUP_EPOCHS * p['steps'] / ORIGINAL_EPOCHS)), '--rampup-start', '0.05']
+    else:
+        rampup = ['--rampup-steps', str(p['steps'] // 4)]
+    return {'steps': p['steps'], 'eval_every': every, 'acc_window': every, 'rampup': rampup,
+            'n_val': p['n_val'], 'evals': p['evals'], 'setup': p['setup']}
+
+
+def in_setup(entry, preset):
+    return PRESETS[preset]['setup'] == 'faithful' or entry in V1
+
+
+def entry_flags(entry, preset):
+    """The entry's method flags in the preset's setup (without schedule, seed and run flags)."""
+    script, flags, _, _, _ = ENTRIES[entry]
+    if PRESETS[preset]['setup'] == 'faithful':
+        return list(flags)
+    extra = ['--train-acc', 'mixed'] if script == 'adaptive' and '--labeled-only' not in flags else []
+    return V1[entry] + extra + ['--acc-seed', 'window']
+
+
+def describe(entry, preset):
+    return (V1_WHAT.get(entry) if PRESETS[preset]['setup'] == 'v1' else None) or ENTRIES[entry][4]
 
 
 def command(entry, seed, preset, device, runs_dir):
     """The exact training command of one table entry and seed (list of arguments, without the interpreter)."""
     script, flags, labels, _, _ = ENTRIES[entry]
     s = schedule(preset)
-    cmd = [f'{script}/train.py', *flags, '--n-labeled', str(labels), '--n-val', str(s['n_val']),
+    cmd = [f'{script}/train.py', *entry_flags(entry, preset), '--n-labeled', str(labels), '--n-val', str(s['n_val']),
            '--steps', str(s['steps']), '--eval-every', str(s['eval_every']), '--acc-window', str(s['acc_window'])]
-    if script == 'mixmatch' and '--labeled-only' not in flags:
-        cmd += ['--rampup-steps', str(s['rampup'])]
+    if (script == 'mixmatch' and '--labeled-only' not in flags) or entry in RAMPED:
+        cmd += s['rampup']
     cmd += ['--seed', str(seed), '--split-seed', str(seed), '--device', device,
             '--out', run_dir(runs_dir, preset, entry, seed), '--resume', 'auto']
     return cmd
@@ -96,10 +182,10 @@ def run_dir(runs_dir, preset, entry, seed):
     return os.path.join(runs_dir, preset, entry, f's{seed}')
 
 
-def method_command(entry):
+def method_command(entry, preset):
     """The entry's flags as the README writes them (schedule and seed flags come from the preset)."""
-    script, flags, labels, _, _ = ENTRIES[entry]
-    return ' '.join(['python', f'{script}/train.py', *flags] + (['--n-labeled', str(labels)]))
+    script, _, labels, _, _ = ENTRIES[entry]
+    return ' '.join(['python', f'{script}/train.py', *entry_flags(entry, preset), '--n-labeled', str(labels)])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,12 +371,18 @@ def table_path(args, table):
     return os.path.join(args.results_dir, args.preset, f'table{table}.md')
 
 
-def write_table(table, seeds, args, results):
+def table_rows(table, preset):
+    """(title, [(entry, paper top-1)]) of a table, with the entries the preset's setup has."""
     title, rows = TABLES[table]
+    return title, [(e, p) for e, p in rows if in_setup(e, preset)]
+
+
+def write_table(table, seeds, args, results):
+    title, rows = table_rows(table, args.preset)
     s = schedule(args.preset)
     lines = [f'# {title}', '',
              f'Preset `{args.preset}`: {s["steps"]} steps, an evaluation every {s["eval_every"]} steps '
-             f'({s["evals"]} in all), `--acc-window {s["acc_window"]}`, MixMatch `--rampup-steps {s["rampup"]}`, '
+             f'({s["evals"]} in all), `--acc-window {s["acc_window"]}`, MixMatch `{" ".join(s["rampup"])}`, '
              f'`--n-val {s["n_val"]}`; seeds {", ".join(map(str, seeds))} asked (`--seed i --split-seed i`), n per '
              'row finished. Fashion-MNIST, WRN-28-2, test set of 10,000 images, fp32 evaluation of the EMA weights. '
              'Mean ± sample standard deviation (n − 1) over seeds. Median: over the last 20 evaluations, or all of '
@@ -307,7 +399,7 @@ def write_table(table, seeds, args, results):
     for entry, paper in rows:
         rs = [results.get((entry, seed)) for seed in seeds]
         done = [r for r in rs if r]
-        _, _, _, session, what = ENTRIES[entry]
+        session, what = ENTRIES[entry][3], describe(entry, args.preset)
         if not done:
             lines.append(f'| {entry}: {what} | {session} | {paper or "—"} | 0 | not run | | | | | | | |')
             continue
@@ -374,12 +466,12 @@ def preset_summary(args, seeds, results):
              f'finished runs. {"Seed " + str(seeds[0]) if len(seeds) == 1 else f"Seeds {seeds[0]}–{seeds[-1]}"}'
              f' where run (n per row), on {"; ".join(sorted({r["hardware"] for r in results.values()})) or "—"}. '
              'Every command below also '
-             f'takes `{flags}` (MixMatch rows: `--rampup-steps {s["rampup"]}`). Top-1/top-5: test set, EMA weights '
+             f'takes `{flags}` (MixMatch rows: `{" ".join(s["rampup"])}`). Top-1/top-5: test set, EMA weights '
              'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in '
              'top-1 (row minus column). Checkpoint: seed 0\'s, with the numbers its file gives in '
              '[pretrained/README.md](../../../pretrained/README.md).', '']
     for t in args.tables:
-        title, rows = TABLES[t]
+        title, rows = table_rows(t, args.preset)
         lines += [f'**{title}** ([per run](table{t}.md))', '']
         if any(results.get((e, sd)) for e, _ in rows for sd in seeds):
             lines += ['| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | '
@@ -388,7 +480,7 @@ def preset_summary(args, seeds, results):
         missing = []
         for entry, paper in rows:
             done = [results[(entry, sd)] for sd in seeds if results.get((entry, sd))]
-            _, _, _, session, what = ENTRIES[entry]
+            session, what = ENTRIES[entry][3], describe(entry, args.preset)
             if not done:
                 missing.append(entry)
                 continue
@@ -398,7 +490,7 @@ def preset_summary(args, seeds, results):
             ck = released.get((entry, args.preset))
             checkpoint = (f'[{ck["file"]}](../../../pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…`' if ck
                           else '— | —')
-            lines.append(f'| {what} | {session} | {paper or "—"} | `{method_command(entry)}` | {score} | '
+            lines.append(f'| {what} | {session} | {paper or "—"} | `{method_command(entry, args.preset)}` | {score} | '
                          f'{deltas[0]} | {deltas[1]} | {checkpoint} |')
         lines += ['', f'Not run at this preset: {", ".join(missing)}.', ''] if missing else ['']
     return '\n'.join(lines).rstrip() + '\n'
@@ -428,14 +520,15 @@ def readme_block(args, seeds):
              'Δ vs labeled-only | checkpoint |', '|---|---|---|---|---|---|---|---|']
     entries = list(dict.fromkeys(e for t in TABLES.values() for e, _ in t[1]))
     papers = {e: p for t in TABLES.values() for e, p in t[1]}
-    tables = {e: ', '.join(f'T{t}' for t, (_, rows) in TABLES.items() if e in dict(rows)) for e in entries}
+    tables = {e: ', '.join(f'T{t}' if t.isdigit() else 'policies' for t, (_, rows) in TABLES.items() if e in dict(rows))
+              for e in entries}
     per_preset = {}
     for preset in PRESETS:
         a = argparse.Namespace(**{**vars(args), 'preset': preset})
         per_preset[preset] = {(e, sd): summarize(out) for e in entries for sd in seeds
-                              if (out := finished_dir(a, e, sd))}
+                              if in_setup(e, preset) and (out := finished_dir(a, e, sd))}
     for entry in entries:
-        _, _, labels, session, what = ENTRIES[entry]
+        _, _, labels, session, _ = ENTRIES[entry]
         base_lo, base_mm = ('labeled-only', 'mixmatch') if labels == LABELS else ('labeled-only-few', 'mixmatch-few')
         for preset, results in per_preset.items():
             done = [results[(entry, sd)] for sd in seeds if results.get((entry, sd))]
@@ -443,8 +536,8 @@ def readme_block(args, seeds):
                 continue
             ck = released.get((entry, preset))
             checkpoint = f'[{ck["file"][:-3]}](pretrained/{ck["file"]})' if ck else '—'
-            lines.append(f'| {tables[entry]}: {what} | {session} | {papers[entry] or "—"} | '
-                         f'`{method_command(entry)}` | **{mean_std([r["best_top1"] for r in done])}** '
+            lines.append(f'| {tables[entry]}: {describe(entry, preset)} | {session} | {papers[entry] or "—"} | '
+                         f'`{method_command(entry, preset)}` | **{mean_std([r["best_top1"] for r in done])}** '
                          f'({len(done)}, {preset}) | {delta(results, entry, base_mm, seeds)} | '
                          f'{delta(results, entry, base_lo, seeds)} | {checkpoint} |')
     lines.append('<!-- results: end -->')
@@ -464,7 +557,7 @@ def write_readme(args, seeds, path=os.path.join(REPO, 'README.md')):
 
 def archive_dir(args, entry, seed):
     """Where a finished run's log.jsonl and reproduce.json are kept (committed): the tables and plots read them,
-    so runs finished on other machines or in earlier sessions count without their checkpoints."""
+    so runs finished on other machines or in earlier calls count without their checkpoints."""
     return run_dir(os.path.join(args.results_dir, 'logs'), args.preset, entry, seed)
 
 
@@ -487,7 +580,8 @@ def finished_dir(args, entry, seed):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--table', default='all', choices=('1', '2', '3', 'all'), help='which paper table(s) to run')
+    p.add_argument('--table', default='all', choices=(*TABLES, 'all'),
+                   help='which paper table (1-3), the policy table (P), or all of them')
     p.add_argument('--seeds', type=int, default=1, help='number of seeds: first-seed .. first-seed + N - 1')
     p.add_argument('--first-seed', type=int, default=0, help='the first seed (to add seeds to an earlier call)')
     p.add_argument('--preset', default='quick', choices=sorted(PRESETS),
@@ -511,7 +605,7 @@ def get_args(argv=None):
     if args.seeds < 1 or args.jobs < 1 or args.first_seed < 0:
         raise UsageError('--seeds and --jobs must be at least 1, --first-seed at least 0')
     tables = list(TABLES) if args.table == 'all' else [args.table]
-    entries = [e for t in tables for e, _ in TABLES[t][1]]
+    entries = [e for t in tables for e, _ in TABLES[t][1] if in_setup(e, args.preset)]
     if args.entries:
         wanted = args.entries.split(',')
         unknown = [e for e in wanted if e not in entries]
@@ -542,7 +636,7 @@ def main(args):
     archive([p for p in pairs if finished_dir(args, *p) == run_dir(args.runs_dir, args.preset, *p)], args)
     all_results = {}
     for t in args.tables:  # a table lists every seed asked for; entries not run (or not finished) say so
-        for e, _ in TABLES[t][1]:
+        for e, _ in table_rows(t, args.preset)[1]:
             for s in seeds:
                 out = finished_dir(args, e, s)
                 r = out and summarize(out)

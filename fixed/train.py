@@ -40,6 +40,12 @@ def add_method_flags(parser):
                    help='keep an unlabeled image iff its confidence is >= this (paper: 0.8; the original code: 0.5)')
     g.add_argument('--confidence', default='unsharpened', choices=('unsharpened', 'sharpened'),
                    help='max of the mean prediction before (original code) or after sharpening (report, Algorithm 1)')
+    g.add_argument('--threshold-end', type=float, default=0.5,
+                   help='linear: where the threshold ends, from --threshold (the notes: 0.9 to 0.5)')
+    g.add_argument('--schedule-steps', type=int, default=0,
+                   help='linear: steps the fall takes (0: the whole run, "slow"; a quarter of it is our "fast")')
+    g.add_argument('--lambda-pi', type=float, default=10,
+                   help='consistency: weight of the Pi-model loss on the images below, times lambda_u (original: 10)')
     parser.set_defaults(loss='mse')
     return g
 
@@ -47,6 +53,12 @@ def add_method_flags(parser):
 def check_method_args(args):
     if not 0 < args.threshold <= 1:
         raise UserError(f'--threshold {args.threshold} must be in (0, 1]')
+    if args.policy == 'linear' and not 0 < args.threshold_end <= args.threshold:
+        raise UserError(f'--threshold-end {args.threshold_end} must be in (0, --threshold {args.threshold}]')
+    if args.schedule_steps < 0 or args.lambda_pi < 0:
+        raise UserError('--schedule-steps and --lambda-pi must be >= 0')
+    if args.policy == 'consistency' and args.K < 2:
+        raise UserError('--policy consistency compares two views of each image: it needs --K 2 or more')
 
 
 def run_tag(args):
@@ -63,7 +75,42 @@ class Constant(Policy):
         return confidence >= self.args.threshold, torch.full_like(confidence[0], self.args.threshold)
 
 
-POLICIES = {'constant': Constant}
+class Linear(Constant):
+    """Sessions 79, 348, 352, 387: the threshold falls linearly from --threshold to --threshold-end over
+    --schedule-steps steps, then stays there. The notes name a "slow" and a "fast" schedule without rates;
+    ours: slow = the whole run (the default), fast = a quarter of it."""
+    FLAGS = ('threshold', 'threshold_end', 'schedule_steps', 'confidence')
+
+    def mask(self, u, ctx):
+        a = self.args
+        span = a.schedule_steps or a.steps
+        threshold = a.threshold + (a.threshold_end - a.threshold) * min(ctx.step, span) / span
+        confidence = self.confidence(u)
+        return confidence >= threshold, torch.full_like(confidence[0], threshold)
+
+
+class Consistency(Constant):
+    """Session 100 ("FixMixMatch"): the images at or above --threshold train as MixMatch guesses; those below
+    it get a Pi-model consistency loss instead: the mean squared difference of the model's predictions (with
+    gradient) on two of their views, weighted --lambda-pi times lambda_u (the original's FixMixMatch_Pi,
+    logged as policy_pi). That forward pass has as many images as fall below (one host sync)."""
+    FLAGS = ('threshold', 'lambda_pi', 'confidence')
+
+    def loss(self, rows, u, ctx):
+        term, loss_u = super().loss(rows, u, ctx)
+        below = (self.confidence(u) < self.args.threshold).nonzero().squeeze(1)
+        self.pi = term.new_zeros(())
+        if len(below) > 1:  # the original skipped a single image
+            views = u.views.view(-1, len(u.images), *u.views.shape[1:])[:2, below].flatten(0, 1)
+            p = torch.softmax(ctx.forward(views), dim=1).view(2, len(below), -1)
+            self.pi = (p[0] - p[1]).pow(2).mean()
+        return term + self.lambda_u(ctx.step) * self.args.lambda_pi * self.pi, loss_u
+
+    def log_values(self):
+        return {'pi': self.pi.detach()}
+
+
+POLICIES = {'constant': Constant, 'linear': Linear, 'consistency': Consistency}
 
 
 # =========================================================================================================
@@ -86,6 +133,12 @@ def draw_and_guess(net, rt, sampler, x_unl, y_unl, args):
     """The sampler's next unlabeled batch, guessed (a policy's ctx.draw())."""
     i = sampler.next()
     return guess_labels(net, rt, x_unl[i], i, y_unl[i], args)
+
+
+def forward(net, rt, images):
+    """The training model's fp32 logits, with gradient (a policy's ctx.forward())."""
+    with rt.autocast():
+        return net(images.contiguous(memory_format=rt.memory_format)).float()
 
 
 def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, args):
@@ -125,8 +178,16 @@ def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, arg
     if ema is not None:
         ema.update_parameters(net)
 
-    # Train accuracy from logits the step already has: each mixed labeled row is >= 50% its own image.
-    correct = (logits[:B].argmax(dim=1) == y_l).sum()
+    # Train accuracy, the competence signal a policy may read. As the original: a forward of the labeled batch's
+    # own (unmixed) augmentation after the step, with batch statistics (BatchNorm's running statistics are left
+    # alone). With --train-acc mixed, or for a policy that does not read it: the mixed labeled rows the step
+    # already has (each is >= 50% its own image), no extra forward.
+    if u is not None and args.train_acc == 'clean' and policy.reads_train_acc(args):
+        with torch.no_grad(), rt.autocast(), semisup.batch_statistics_only(net):
+            logits_l = net(x[:B].contiguous(memory_format=rt.memory_format)).float()
+    else:
+        logits_l = logits[:B]
+    correct = (logits_l.argmax(dim=1) == y_l).sum()
     train_acc.add(*rt.all_reduce(torch.stack([correct, torch.full_like(correct, B)])))
     num, den = train_acc.fraction()
     out = {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(), 'train_acc': 100.0 * num / den}
@@ -181,7 +242,7 @@ def train(args, rt):
         seed_everything(args.seed * 1000 + rt.rank)
     streams = {'labeled': data.IndexStream(len(x_lab), args.batch_size, dev),
                'unlabeled': data.IndexStream(len(x_unl), args.unlabeled_batch_size, dev)}
-    train_acc = semisup.TrainAccuracy(dev)
+    train_acc = semisup.TrainAccuracy(dev, args.acc_seed)
     progress = checkpoint.Progress()
     if run.ckpt is not None:
         progress, note = checkpoint.restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams)
@@ -201,6 +262,7 @@ def train(args, rt):
     # ---- training loop: metrics stay on the device until a print or an evaluation
     eval_sets = {k: sets[k] for k in ('val', 'test')}
     draw = functools.partial(draw_and_guess, net, rt, streams['unlabeled'], x_unl, y_unl, args)
+    run_model = functools.partial(forward, net, rt)
     val_acc = tuple(torch.tensor(v, device=dev) for v in progress.val_acc)
     meter = metrics.Meter(rt)
     no_bad_step = args.steps + 1
@@ -218,7 +280,7 @@ def train(args, rt):
             u = None
         else:
             u = draw()
-        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw)
+        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model)
         m = train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
         first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
         meter.add(**m)

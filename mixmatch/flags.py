@@ -13,7 +13,8 @@ from models import UserError
 # What --evaluate reads from the command line; everything else comes from the checkpoint.
 EVALUATE_FLAGS = {'evaluate', 'data_root', 'download', 'cache_dir', 'device', 'eval_batch_size'}
 # What plays no part when no unlabeled image is guessed (--labeled-only), besides the family's flags.
-UNLABELED_FLAGS = {'K', 'T', 'loss', 'lambda_u', 'unlabeled_batch_size', 'drop_unkept', 'policy'}
+UNLABELED_FLAGS = {'K', 'T', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start', 'unlabeled_batch_size',
+                   'drop_unkept', 'policy', 'train_acc'}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -63,6 +64,10 @@ def common_parser():
                    help='unlabeled loss on the kept mixed rows: mse (MixMatch) or ce (soft cross-entropy, the paper)')
     g.add_argument('--lambda-u', type=float, default=None,
                    help='unlabeled loss weight (default 75 with mse, MixMatch\'s; 1 with ce, the paper\'s)')
+    g.add_argument('--rampup-steps', type=int, default=0,
+                   help='steps over which the unlabeled weight rises linearly to --lambda-u (0: constant from step 0)')
+    g.add_argument('--rampup-start', type=float, default=0.0,
+                   help='the ramp\'s start, a fraction of --lambda-u (the original MixMatch: 0.05, for 19/300 of it)')
     g.add_argument('--labeled-only', action='store_true',
                    help='baseline: the same step on the labeled images alone; no unlabeled image is guessed or mixed')
     g.add_argument('--drop-unkept', action='store_true',
@@ -78,13 +83,17 @@ def common_parser():
     g.add_argument('--batch-size', type=int, default=64,
                    help='labeled images per step and process (MixMatch: 64; the original: 20)')
     g.add_argument('--unlabeled-batch-size', type=int, default=None,
-                   help='unlabeled images per step and process, before the K views (default --batch-size; original: 50)')
+                   help='unlabeled images per step and process, before the K views (default: --batch-size; orig.: 50)')
     g.add_argument('--ema-decay', type=float, default=0.999,
                    help='decay per step of the evaluated EMA of the weights (MixMatch: 0.999; 0: none, the original)')
     g.add_argument('--steps', type=int, default=65536, help='optimizer steps in all (MixMatch: 2^20)')
     g.add_argument('--eval-every', type=int, default=1024, help='steps between evaluations and checkpoints')
     g.add_argument('--acc-window', type=int, default=1024,
                    help='steps over which the running train accuracy is counted, then restarts (original: one epoch)')
+    g.add_argument('--acc-seed', default='last-batch', choices=('last-batch', 'none', 'window'),
+                   help='a window starts from the last batch as one image (431), empty (401), or the window mean (v1)')
+    g.add_argument('--train-acc', default='clean', choices=('clean', 'mixed'),
+                   help='train accuracy: a forward of the unmixed labeled batch after the step (original), or mixed')
     g.add_argument('--print-every', type=int, default=100, help='steps between progress lines')
 
     g = p.add_argument_group('run')
@@ -123,13 +132,14 @@ def parse(argv, description, method, add_method_flags, check_method_args, polici
     given = {k for k, v in vars(parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))).items()
              if v is not unset}
     family = set(vars(args)) - shared - {'policy'}
-    refuse_flags_without_effect(args, given, family, set(policies[args.policy].FLAGS))
+    policy = policies[args.policy]
+    refuse_flags_without_effect(args, given, family, set(policy.FLAGS), policy.reads_train_acc(args))
     finish_args(args, method)
     check_method_args(args)
     return args
 
 
-def refuse_flags_without_effect(args, given, family, read_by_policy):
+def refuse_flags_without_effect(args, given, family, read_by_policy, reads_train_acc):
     """A flag given on the command line that would change nothing is an error: the user meant something."""
     flag = lambda dest: '--' + dest.replace('_', '-')  # noqa: E731
     if args.evaluate:
@@ -139,6 +149,9 @@ def refuse_flags_without_effect(args, given, family, read_by_policy):
             (args.labeled_only, given & (UNLABELED_FLAGS | family),
              'with --labeled-only: no unlabeled image is guessed or trained on'),
             (True, given & (family - read_by_policy), f'with --policy {args.policy}, which does not read it'),
+            (not reads_train_acc, given & {'train_acc'},
+             f'with --policy {args.policy} as given, which does not read the train accuracy'),
+            (args.rampup_steps == 0, given & {'rampup_start'}, 'with --rampup-steps 0 (a constant weight)'),
             (args.optimizer == 'adam', given & {'momentum'}, 'with --optimizer adam (AdamW); use --optimizer sgd'),
             (args.dataset != 'folder', given & {'image_size', 'num_classes', 'cache_dir'},
              f'with --dataset {args.dataset}: only --dataset folder decodes images'),
@@ -174,6 +187,8 @@ def finish_args(args, method):
         (args.lr > 0 and args.wd >= 0, '--lr must be > 0 and --wd >= 0'),
         (0 <= args.ema_decay < 1, '--ema-decay must be in [0, 1)'),
         (0 < args.bn_momentum <= 1, '--bn-momentum must be in (0, 1]'),
+        (args.rampup_steps >= 0 and 0 <= args.rampup_start <= 1,
+         '--rampup-steps must be >= 0 and --rampup-start in [0, 1]'),
         (min(args.steps, args.eval_every, args.print_every, args.acc_window) >= 1,
          '--steps, --eval-every, --print-every and --acc-window must be at least 1'),
         (args.n_labeled is None or args.n_labeled >= 1, '--n-labeled must be at least 1'),

@@ -67,13 +67,14 @@ class Context:
     val_acc: tuple         # (correct, count) long device tensors: the last validation top-1 of the EMA weights
     rt: object             # runtime.Runtime: rt.all_gather, rt.all_reduce and rt.mine combine the processes
     draw: Callable         # draw() -> Guess: the sampler's next unlabeled batch, guessed by the same model
+    forward: Callable      # forward(images) -> fp32 logits of the training model, with gradient (train mode)
 
 
 class Policy(torch.nn.Module):
-    """Keep every guessed image, with the constant weight --lambda-u (MixMatch without its ramp-up). Subclass it:
-    override mask() to choose images, lambda_u() for a weight schedule, loss() for another unlabeled loss,
-    select() to draw more images (ctx.draw()). List in FLAGS the family flags the policy reads: the others,
-    given on the command line, are refused."""
+    """Keep every guessed image, with the weight lambda_u(step) (MixMatch). Subclass it: override mask() to
+    choose images, lambda_u() for a weight schedule, loss() for another unlabeled loss (it may run the model
+    itself: ctx.forward()), select() to draw more images (ctx.draw()). List in FLAGS the family flags the policy
+    reads: the others, given on the command line, are refused."""
     FLAGS = ()
 
     def __init__(self, args, num_classes, n_unlabeled):
@@ -95,9 +96,18 @@ class Policy(torch.nn.Module):
         sharpened = getattr(self.args, 'confidence', 'unsharpened') == 'sharpened'
         return (u.target if sharpened else u.mean_prob).max(dim=1).values
 
+    @staticmethod
+    def reads_train_acc(args):
+        """Whether the policy reads ctx.train_acc with these args: then --train-acc clean measures it."""
+        return False
+
     def lambda_u(self, step):
-        """Unlabeled loss weight at `step` (steps completed)."""
-        return self.args.lambda_u
+        """Unlabeled loss weight at `step` (steps completed): --lambda-u, ramped linearly from --rampup-start
+        times it to all of it over --rampup-steps steps (exact at both ends)."""
+        a = self.args
+        if step >= a.rampup_steps:
+            return a.lambda_u
+        return a.lambda_u * (a.rampup_start * a.rampup_steps + (1 - a.rampup_start) * step) / a.rampup_steps
 
     def loss(self, rows, u, ctx):
         """(the unlabeled term of the total loss, the unlabeled loss the log reports as loss_u)."""

@@ -38,17 +38,19 @@ METHOD = 'mixmatch'
 # =========================================================================================================
 def add_method_flags(parser):
     g = parser.add_argument_group('pseudo-label policy: none (every unlabeled image trains)')
-    g.add_argument('--rampup-steps', type=int, default=16000,
-                   help='steps over which the unlabeled weight rises linearly from 0 to --lambda-u (MixMatch: 16000)')
-    parser.set_defaults(loss='mse')
+    g.add_argument('--mixed-threshold', type=float, default=0.9,
+                   help='mixed-loss: the second term\'s rows are those whose own image reaches this (the notes: 0.9)')
+    g.add_argument('--lambda-t', type=float, default=None,
+                   help='mixed-loss: the second term\'s constant weight (default: --lambda-u, as the original)')
+    parser.set_defaults(loss='mse', rampup_steps=16000)  # MixMatch's 16 "epochs" of 1024 steps
     return g
 
 
 def check_method_args(args):
-    if args.rampup_steps < 0:
-        raise UserError(f'--rampup-steps {args.rampup_steps} must be >= 0')
     if args.drop_unkept:
         raise UserError('--drop-unkept has no effect: MixMatch keeps every unlabeled image')
+    if not 0 < args.mixed_threshold <= 1 or (args.lambda_t or 0) < 0:
+        raise UserError('--mixed-threshold must be in (0, 1] and --lambda-t >= 0')
 
 
 def run_tag(args):
@@ -57,17 +59,27 @@ def run_tag(args):
 
 
 class KeepAll(Policy):
-    """MixMatch: every guessed image trains; the unlabeled weight rises linearly from 0 to --lambda-u over
-    --rampup-steps steps (exact at both ends; 0 = no ramp-up)."""
-    FLAGS = ('rampup_steps',)
-
-    def lambda_u(self, step):
-        if self.args.rampup_steps == 0:
-            return self.args.lambda_u
-        return self.args.lambda_u * min(step, self.args.rampup_steps) / self.args.rampup_steps
+    """MixMatch: every guessed image trains, with the unlabeled weight ramped up over --rampup-steps."""
 
 
-POLICIES = {'all': KeepAll}
+class MixedLoss(KeepAll):
+    """Session 409: MixMatch's term over every image with its ramped weight, plus a second term of the same
+    loss, with the constant weight --lambda-t, over the mixed rows whose own image's confidence reaches
+    --mixed-threshold (logged as policy_loss_t)."""
+    FLAGS = ('mixed_threshold', 'lambda_t')
+
+    def loss(self, rows, u, ctx):
+        term, loss_u = super().loss(rows, u, ctx)
+        confident = rows.keep & (self.confidence(u)[rows.image] >= self.args.mixed_threshold)
+        self.loss_t = semisup.unlabeled_loss(rows.logits, rows.targets, confident, self.args.loss)
+        lambda_t = self.args.lambda_u if self.args.lambda_t is None else self.args.lambda_t
+        return term + lambda_t * self.loss_t, loss_u
+
+    def log_values(self):
+        return {'loss_t': self.loss_t.detach()}
+
+
+POLICIES = {'all': KeepAll, 'mixed-loss': MixedLoss}
 
 
 # =========================================================================================================
@@ -90,6 +102,12 @@ def draw_and_guess(net, rt, sampler, x_unl, y_unl, args):
     """The sampler's next unlabeled batch, guessed (a policy's ctx.draw())."""
     i = sampler.next()
     return guess_labels(net, rt, x_unl[i], i, y_unl[i], args)
+
+
+def forward(net, rt, images):
+    """The training model's fp32 logits, with gradient (a policy's ctx.forward())."""
+    with rt.autocast():
+        return net(images.contiguous(memory_format=rt.memory_format)).float()
 
 
 def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, args):
@@ -129,8 +147,16 @@ def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, arg
     if ema is not None:
         ema.update_parameters(net)
 
-    # Train accuracy from logits the step already has: each mixed labeled row is >= 50% its own image.
-    correct = (logits[:B].argmax(dim=1) == y_l).sum()
+    # Train accuracy, the competence signal a policy may read. As the original: a forward of the labeled batch's
+    # own (unmixed) augmentation after the step, with batch statistics (BatchNorm's running statistics are left
+    # alone). With --train-acc mixed, or for a policy that does not read it: the mixed labeled rows the step
+    # already has (each is >= 50% its own image), no extra forward.
+    if u is not None and args.train_acc == 'clean' and policy.reads_train_acc(args):
+        with torch.no_grad(), rt.autocast(), semisup.batch_statistics_only(net):
+            logits_l = net(x[:B].contiguous(memory_format=rt.memory_format)).float()
+    else:
+        logits_l = logits[:B]
+    correct = (logits_l.argmax(dim=1) == y_l).sum()
     train_acc.add(*rt.all_reduce(torch.stack([correct, torch.full_like(correct, B)])))
     num, den = train_acc.fraction()
     out = {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(), 'train_acc': 100.0 * num / den}
@@ -185,7 +211,7 @@ def train(args, rt):
         seed_everything(args.seed * 1000 + rt.rank)
     streams = {'labeled': data.IndexStream(len(x_lab), args.batch_size, dev),
                'unlabeled': data.IndexStream(len(x_unl), args.unlabeled_batch_size, dev)}
-    train_acc = semisup.TrainAccuracy(dev)
+    train_acc = semisup.TrainAccuracy(dev, args.acc_seed)
     progress = checkpoint.Progress()
     if run.ckpt is not None:
         progress, note = checkpoint.restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams)
@@ -205,6 +231,7 @@ def train(args, rt):
     # ---- training loop: metrics stay on the device until a print or an evaluation
     eval_sets = {k: sets[k] for k in ('val', 'test')}
     draw = functools.partial(draw_and_guess, net, rt, streams['unlabeled'], x_unl, y_unl, args)
+    run_model = functools.partial(forward, net, rt)
     val_acc = tuple(torch.tensor(v, device=dev) for v in progress.val_acc)
     meter = metrics.Meter(rt)
     no_bad_step = args.steps + 1
@@ -222,7 +249,7 @@ def train(args, rt):
             u = None
         else:
             u = draw()
-        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw)
+        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model)
         m = train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
         first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
         meter.add(**m)

@@ -34,6 +34,8 @@ def world(tmp_path_factory):
     ckpt = torch.load(os.path.join(w['run'], 'checkpoint.pt'), weights_only=True)
     w['other_policy'] = str(top / 'other_policy.pt')  # as another policy of the adaptive family would write it
     torch.save(ckpt | {'policy_name': 'flexmatch'}, w['other_policy'])
+    w['old_acc'] = str(top / 'old_acc.pt')  # the first release's train-accuracy counts (window-mean seed)
+    torch.save(ckpt | {'train_acc': torch.zeros(4, dtype=torch.long)}, w['old_acc'])
     return w
 
 
@@ -55,7 +57,7 @@ CASES = [
     ('adaptive', ['--min-th', '-0.1'], '--min-th -0.1 must be in [0, 1]'),
     ('adaptive', ['--min-th', '1.2'], '--min-th 1.2 must be in [0, 1]'),
     ('mixmatch', ['--lambda-u', '-1'], '--lambda-u must be >= 0'),
-    ('mixmatch', ['--rampup-steps', '-5'], '--rampup-steps -5 must be >= 0'),
+    ('mixmatch', ['--rampup-steps', '-5'], '--rampup-steps must be >= 0'),
     ('adaptive', ['--n-labeled', '2'], '--n-labeled 2 is smaller than the number of classes (3)'),
     ('adaptive', ['--n-labeled', '500'], '--n-labeled 500 is more than the 30 labeled images left'),
     ('adaptive', ['--batch-size', '0'], '--batch-size must be at least 1'),
@@ -86,7 +88,7 @@ CASES = [
     ('fixed', ['--evaluate', '{renamed}'], 'does not match the 00000000 in its name'),
     ('adaptive', ['--resume', '{run}/best.pt'], 'an evaluation checkpoint (best.pt or a released file) cannot'),
     ('adaptive', ['--resume', '{other_policy}'], "checkpoint is policy 'flexmatch', this run is 'accuracy'"),
-    ('adaptive', ['--policy', 'flexmatch'], "argument --policy: invalid choice: 'flexmatch'"),
+    ('adaptive', ['--policy', 'remixmatch'], "argument --policy: invalid choice: 'remixmatch'"),
     # flags that would change nothing in the combination given
     ('adaptive', ['--momentum', '0.8'], '--momentum has no effect with --optimizer adam'),
     ('mixmatch', ['--drop-unkept'], '--drop-unkept has no effect: MixMatch keeps every unlabeled image'),
@@ -95,6 +97,29 @@ CASES = [
     ('adaptive', ['--dataset', 'fashion_mnist', '--image-size', '32'], '--image-size has no effect with --dataset fashion_mnist'),
     ('adaptive', ['--download'], '--download has no effect with --dataset folder and no --pretrained'),
     ('adaptive', ['--evaluate', '{run}/best.pt', '--steps', '5'], '--steps has no effect with --evaluate'),
+    # the study's policies: ranges, and flags of another policy
+    ('fixed', ['--policy', 'linear', '--threshold', '0.5', '--threshold-end', '0.9'],
+     '--threshold-end 0.9 must be in (0, --threshold 0.5]'),
+    ('fixed', ['--threshold-end', '0.4'], '--threshold-end has no effect with --policy constant'),
+    ('fixed', ['--policy', 'consistency', '--K', '1'], 'it needs --K 2 or more'),
+    ('fixed', ['--policy', 'linear', '--schedule-steps', '-3'], '--schedule-steps and --lambda-pi must be >= 0'),
+    ('adaptive', ['--warm-threshold', '0.8'], '--warm-threshold has no effect with --policy accuracy'),
+    ('adaptive', ['--flex-threshold', '0.9'], '--flex-threshold has no effect with --policy accuracy'),
+    ('adaptive', ['--policy', 'flexmatch', '--extra-draws', '3'], '--extra-draws has no effect with --policy flexmatch'),
+    ('adaptive', ['--policy', 'warm-start', '--extra-draws', '-1'], '--extra-draws must be >= 0'),
+    ('adaptive', ['--policy', 'warm-start', '--warm-until', '120'], '--warm-until in [0, 100]'),
+    ('adaptive', ['--policy', 'flexmatch', '--flex-threshold', '0'], '--flex-threshold must be in (0, 1]'),
+    ('adaptive', ['--policy', 'freematch', '--free-momentum', '1'], '--free-momentum must be in [0, 1)'),
+    ('mixmatch', ['--policy', 'mixed-loss', '--mixed-threshold', '1.5'], '--mixed-threshold must be in (0, 1]'),
+    ('mixmatch', ['--lambda-t', '2'], '--lambda-t has no effect with --policy all'),
+    # the faithful defaults' flags
+    ('mixmatch', ['--rampup-start', '1.5'], '--rampup-steps must be >= 0 and --rampup-start in [0, 1]'),
+    ('fixed', ['--rampup-start', '0.1'], '--rampup-start has no effect with --rampup-steps 0'),
+    ('mixmatch', ['--train-acc', 'mixed'], '--train-acc has no effect with --policy all as given'),
+    ('adaptive', ['--acc-source', 'val', '--train-acc', 'mixed'], 'which does not read the train accuracy'),
+    ('adaptive', ['--acc-seed', 'sometimes'], "argument --acc-seed: invalid choice: 'sometimes'"),
+    ('fixed', ['--labeled-only', '--rampup-steps', '5'], '--rampup-steps has no effect with --labeled-only'),
+    ('adaptive', ['--resume', '{old_acc}'], 'resume it with --acc-seed window (and --train-acc mixed'),
 ]
 
 

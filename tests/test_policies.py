@@ -67,16 +67,39 @@ def test_adaptive_keeps_nothing_before_any_accuracy_and_can_follow_val():
     assert keep.tolist() == [True, False]                                          # floor(2 * 1/2) = 1
 
 
-def test_train_accuracy_window_is_seeded_with_the_previous_window():
-    acc = semisup.TrainAccuracy(torch.device('cpu'))
-    assert [int(v) for v in acc.fraction()] == [0, 1]                              # starts at 0
+def fraction(acc):
+    return [int(v) for v in acc.fraction()]
+
+
+def test_train_accuracy_window_seeded_as_session_431_weighs_the_last_batch_as_one_image():
+    """The original: AverageMeter.update(last batch value, 1) at an epoch's start, then update(acc, B) per batch."""
+    acc = semisup.TrainAccuracy(torch.device('cpu'))                 # --acc-seed last-batch, the default
+    assert fraction(acc) == [0, 1]                                   # the first window's seed is 0
+    acc.add(torch.tensor(3), 4)
+    assert fraction(acc) == [3, 5]                                   # (0 * 1 + 3) / (1 + 4)
+    acc.add(torch.tensor(1), 4)
+    acc.new_window()
+    assert fraction(acc) == [1, 4]                                   # the last batch: 1 of 4
+    acc.add(torch.tensor(8), 8)
+    assert fraction(acc) == [33, 36]                                 # (0.25 * 1 + 8) / (1 + 8), in integers
+    acc.new_window()
+    acc.new_window()                                                 # an empty window keeps its seed
+    assert fraction(acc) == [8, 8]
+
+
+def test_train_accuracy_unseeded_as_session_401_and_the_first_releases_window_mean():
+    acc = semisup.TrainAccuracy(torch.device('cpu'), 'none')
     acc.add(torch.tensor(3), 4)
     acc.add(torch.tensor(1), 4)
-    assert [int(v) for v in acc.fraction()] == [4, 8]                              # running mean of the window
+    assert fraction(acc) == [4, 8]
     acc.new_window()
-    assert [int(v) for v in acc.fraction()] == [4, 8]                              # seeded: last value
+    assert fraction(acc) == [0, 1]                                   # each window's first step reads 0
+    acc = semisup.TrainAccuracy(torch.device('cpu'), 'window')
+    acc.add(torch.tensor(3), 4)
+    acc.add(torch.tensor(1), 4)
+    acc.new_window()
+    assert fraction(acc) == [4, 8]                                   # the previous window's mean
     acc.add(torch.tensor(8), 8)
-    assert [int(v) for v in acc.fraction()] == [8, 8]                              # the seed is not mixed in
-    acc.new_window()
-    acc.new_window()                                                               # an empty window keeps it
-    assert [int(v) for v in acc.fraction()] == [8, 8]
+    assert fraction(acc) == [8, 8]                                   # then the new window's own
+    assert acc.load(torch.tensor([5, 10, 3, 4])) and fraction(acc) == [5, 10]  # the first release's 4 counts
+    assert not semisup.TrainAccuracy(torch.device('cpu')).load(torch.tensor([5, 10, 3, 4]))

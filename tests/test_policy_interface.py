@@ -26,26 +26,34 @@ STEPS = 20
 
 
 def readme_example():
-    """The indented code block of the README's "Adding your own policy" section."""
+    """The README's "Adding your own policy": its indented code block, and the entry it adds to POLICIES."""
     section = open(os.path.join(REPO, 'README.md')).read().split('## Adding your own policy', 1)[1]
     block = re.search(r'\n\n((?:    .*\n|\n)+)', section).group(1)
-    return textwrap.dedent(block).strip() + '\n'
+    entry = re.search(r"add `([^`]+)` to `POLICIES`", section).group(1)
+    return textwrap.dedent(block).strip() + '\n', entry
+
+
+def paste(script, code, entry):
+    """train.py with `code` above its POLICIES line and `entry` added to it, as the README says."""
+    lines = script.splitlines(keepends=True)
+    at = [i for i, line in enumerate(lines) if line.startswith('POLICIES = {')]
+    assert len(at) == 1 and lines[at[0]].rstrip().endswith('}')
+    lines[at[0]] = lines[at[0]].rstrip()[:-1] + f', {entry}}}\n'
+    return ''.join(lines[:at[0]] + [code, '\n\n'] + lines[at[0]:])
 
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
-    """adaptive/ copied, with the README's example pasted above POLICIES (replacing that line), and the same
-    again with the state counted on each process alone."""
+    """adaptive/ copied, with the README's example pasted above POLICIES and registered, and the same again
+    with the state counted on each process alone."""
     top = tmp_path_factory.mktemp('interface')
     w = {'top': top, 'images': make_plain_folder(str(top / 'images')), 'cache': str(top / 'cache')}
-    example = readme_example()
-    assert 'register_buffer' in example and example.rstrip().splitlines()[-1].startswith('POLICIES = {')
+    example, entry = readme_example()
+    assert 'register_buffer' in example and entry == "'class-balanced': ClassBalanced"
     for name, code in (('good', example), ('local', example.replace('ctx.rt.all_reduce(kept_now)', 'kept_now'))):
         folder = top / name / 'adaptive'
         shutil.copytree(os.path.join(REPO, 'adaptive'), folder, ignore=shutil.ignore_patterns('__pycache__'))
-        script = (folder / 'train.py').read_text()
-        assert script.count("POLICIES = {'accuracy': Accuracy}\n") == 1
-        (folder / 'train.py').write_text(script.replace("POLICIES = {'accuracy': Accuracy}\n", code))
+        (folder / 'train.py').write_text(paste((folder / 'train.py').read_text(), code, entry))
         w[name] = str(folder / 'train.py')
     return w
 
@@ -190,7 +198,8 @@ def one_step(policy_class, step=0, drop_unkept=False):
     draw = lambda: train.draw_and_guess(model, rt, sampler, x_unl, torch.full((40,), -1), args)  # noqa: E731
     train_acc = semisup.TrainAccuracy(rt.device)
     policy = policy_class(args, 3, len(x_unl))
-    ctx = Context(step, train_acc.fraction(), (torch.tensor(0), torch.tensor(1)), rt, draw)
+    ctx = Context(step, train_acc.fraction(), (torch.tensor(0), torch.tensor(1)), rt, draw,
+                  lambda images: train.forward(model, rt, images))
     x_l, y_l = torch.randint(0, 256, (8, 1, 12, 12), dtype=torch.uint8), torch.arange(8) % 3
     m = train.train_step(model, None, optimizer, rt, policy, train_acc, x_l, y_l, draw(), ctx, args)
     return policy, m

@@ -17,8 +17,10 @@ import reproduce  # noqa: E402
 @pytest.mark.parametrize('preset', sorted(reproduce.PRESETS))
 def test_every_entry_is_a_valid_command_with_the_preset_schedule(preset):
     s = reproduce.schedule(preset)
-    assert s['eval_every'] == s['acc_window'] == s['steps'] // s['evals'] and s['rampup'] == s['steps'] // 4
-    for entry in reproduce.ENTRIES:
+    assert s['eval_every'] == s['acc_window'] == s['steps'] // s['evals']
+    entries = [e for e in reproduce.ENTRIES if reproduce.in_setup(e, preset)]
+    assert len(entries) >= 10
+    for entry in entries:
         for seed in (0, 2):
             cmd = reproduce.command(entry, seed, preset, 'cpu', 'runs/x')
             method = cmd[0].split('/')[0]
@@ -26,9 +28,27 @@ def test_every_entry_is_a_valid_command_with_the_preset_schedule(preset):
             args = load_train(method).get_args(cmd[1:])  # the script accepts the flags
             assert (args.seed, args.split_seed, args.steps) == (seed, seed, s['steps'])
             assert (args.eval_every, args.acc_window, args.n_val) == (s['eval_every'], s['acc_window'], s['n_val'])
-            if method == 'mixmatch' and not args.labeled_only:
-                assert args.rampup_steps == s['rampup']
             assert args.out == os.path.join('runs/x', preset, entry, f's{seed}') and args.resume == 'auto'
+            if args.labeled_only or method != 'mixmatch':
+                continue
+            if s['setup'] == 'faithful':  # the original's ramp: lambda_u * min(1, (1 + s/E) / 20), E = steps/300
+                assert (args.rampup_steps, args.rampup_start) == (round(19 * s['steps'] / 300), 0.05)
+                assert args.lambda_u in (5.66, 75.0, 3.77)                  # the paper's weight per class (409: 100), or 75
+                E = s['steps'] / 300
+                policy = load_train(method).POLICIES[args.policy](args, 10, 100)
+                for step in (0, 10, round(19 * E) - 1):
+                    assert policy.lambda_u(step) == pytest.approx(args.lambda_u * min(1, (1 + step / E) / 20), rel=3e-3)  # R rounded
+            else:                                                           # the first release's ramp and weight
+                assert (args.rampup_steps, args.rampup_start, args.lambda_u) == (s['steps'] // 4, 0.0, 75.0)
+
+
+def test_v1_commands_are_the_first_releases_with_its_defaults_spelled_out():
+    """The archived runs of the first release reproduce with these commands: its flags, plus the values its
+    defaults had (train accuracy from the mixed rows, a window-mean seed)."""
+    cmd = reproduce.command('adaptive-ce-1', 0, 'quick-v1', 'cpu', 'runs/x')
+    assert ' '.join(cmd).startswith('adaptive/train.py --min-th 0.5 --lambda-u 1 --loss ce --train-acc mixed '
+                                    '--acc-seed window --n-labeled 250 --n-val 1000 --steps 1024')
+    assert not reproduce.in_setup('mixmatch-75', 'quick-v1') and reproduce.in_setup('mixmatch-75', 'quick')
 
 
 def test_every_table_has_a_labeled_only_row_with_its_label_count():
@@ -66,7 +86,7 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
                                str(tmp_path / 'results'), '--report'])
     assert reproduce.main(args) == 0
     text = open(tmp_path / 'results' / 'quick' / 'table3.md').read()
-    assert '| labeled-only-few: labeled only, few labels | 458-465 | — | 2 | 58.50 ± 3.54 |' in text
+    assert '| labeled-only-few: labeled only, few labels | — | — | 2 | 58.50 ± 3.54 |' in text
     assert '| mixmatch-few: MixMatch, few labels | 478 | 59.58 | 2 | 80.00 ± 1.41 |' in text
     assert '| adaptive-ce-1-few: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | 0 | not run |' in text
     assert '| mixmatch-few | +21.50 ± 2.12 (2; per seed +20.00, +23.00) |  |' in text  # 81-61, 79-56
@@ -87,8 +107,8 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert reproduce.main(medium) == 0 and 'not run' in open(tmp_path / 'results' / 'medium' / 'table3.md').read()
     assert open(tmp_path / 'results' / 'quick' / 'table3.md').read() == text
     summary = open(tmp_path / 'results' / 'quick' / 'README.md').read()  # the preset's summary, with commands
-    assert ('| MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --n-labeled 80` | 80.00 ± 1.41 / '
-            '90.00 ± 1.41 (2) | +21.50 ± 2.12 (2) |  |') in summary
+    assert ('| MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
+            '80.00 ± 1.41 / 90.00 ± 1.41 (2) | +21.50 ± 2.12 (2) |  |') in summary
     assert 'Not run at this preset: adaptive-ce-1-few.' in summary
     # the README's one table: every entry at every preset with finished runs, its paired differences
     fake_run(runs, 'mixmatch-few', 0, [70, 75, 80], [71, 76, 85], preset='medium')
@@ -102,14 +122,15 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert text.startswith('intro\n<!-- results: begin') and text.endswith('<!-- results: end -->\nrest\n')
     rows = [line for line in text.splitlines() if line.startswith('| T3')]
     assert rows == [
-        '| T3: labeled only, few labels | 458-465 | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
+        '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
         '**58.50 ± 3.54** (2, quick) | −21.50 ± 2.12 (2) |  | — |',
-        '| T3: labeled only, few labels | 458-465 | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
+        '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
         '**56.00** (1, medium) | −29.00 (1) |  | — |',
-        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --n-labeled 80` | **80.00 ± 1.41** (2, '
-        'quick) |  | +21.50 ± 2.12 (2) | [mixmatch-few-quick-s0-0123abcd](pretrained/mixmatch-few-quick-s0-0123abcd.pt) |',
-        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --n-labeled 80` | **85.00** (1, medium) '
-        '|  | +29.00 (1) | — |']
+        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
+        '**80.00 ± 1.41** (2, quick) |  | +21.50 ± 2.12 (2) | '
+        '[mixmatch-few-quick-s0-0123abcd](pretrained/mixmatch-few-quick-s0-0123abcd.pt) |',
+        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
+        '**85.00** (1, medium) |  | +29.00 (1) | — |']
 
 
 def test_cpu_threads_split_the_cores_and_the_last_lone_run_gets_them_all():
@@ -124,7 +145,7 @@ def test_unknown_entry_is_one_line_and_exit_2():
                         'adaptive-ce-2'], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         'error: --entries: adaptive-ce-2 not in table(s) 1 '
-        '(choose from labeled-only, mixmatch, fixed-0.8, adaptive-mse)']
+        '(choose from labeled-only, mixmatch, mixmatch-75, fixed-0.8, adaptive-mse)']
 
 
 def test_plot_draws_both_figures_from_the_copied_logs(tmp_path):

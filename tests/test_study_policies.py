@@ -1,0 +1,189 @@
+"""The study's other policies and the two the field moved to: each decision rule on hand-made confidences, each
+policy for 20 steps end to end, and the stateful ones resuming bit-exactly."""
+import os
+
+import pytest
+import torch
+
+import semisup
+from conftest import context, load_train, make_guess, make_plain_folder, run_script, tiny_run_args
+from runtime import Runtime
+
+RT = Runtime('cpu', 'off')
+
+
+def probs(confidences, labels, num_classes=3):
+    """Mean predictions with the given max (confidence) on the given class."""
+    out = []
+    for c, y in zip(confidences, labels):
+        row = [(1 - c) / (num_classes - 1)] * num_classes
+        row[y] = c
+        out.append(row)
+    return torch.tensor(out)
+
+
+def policy_of(method, flags, num_classes=3, n_unlabeled=10):
+    train = load_train(method)
+    args = train.get_args(flags)
+    return train.POLICIES[args.policy](args, num_classes, n_unlabeled)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fixed family
+# ---------------------------------------------------------------------------------------------------------
+def test_linear_schedule_at_start_middle_and_end():
+    policy = policy_of('fixed', ['--policy', 'linear', '--threshold', '0.9', '--threshold-end', '0.5',
+                                 '--steps', '1000'])
+    u = make_guess(probs([0.95, 0.85, 0.75, 0.55, 0.45], [0, 1, 2, 0, 1]))
+    expected = {0: (0.9, [True, False, False, False, False]), 500: (0.7, [True, True, True, False, False]),
+                1000: (0.5, [True, True, True, True, False]), 5000: (0.5, [True, True, True, True, False])}
+    for step, (threshold, keep) in expected.items():
+        k, th = policy.mask(u, context(RT, step=step))
+        assert th.item() == pytest.approx(threshold) and k.tolist() == keep, step
+    fast = policy_of('fixed', ['--policy', 'linear', '--threshold', '0.9', '--schedule-steps', '250', '--steps', '1000'])
+    assert fast.mask(u, context(RT, step=125))[1].item() == pytest.approx(0.7)  # a quarter of the run: "fast"
+
+
+def test_consistency_adds_a_pi_loss_on_the_images_below_the_threshold():
+    policy = policy_of('fixed', ['--policy', 'consistency', '--threshold', '0.8', '--lambda-pi', '10', '--lambda-u', '2'])
+    views = torch.stack([torch.full((1, 2, 2), float(v)) for v in range(8)])    # 2 views x 4 images
+    u = make_guess(probs([0.9, 0.5, 0.6, 0.95], [0, 1, 2, 0]))
+    u.views = views
+    seen = []
+
+    def forward(x):                                                          # the two views of images 1 and 2
+        seen.append(x[:, 0, 0, 0].tolist())
+        return torch.stack([x[:, 0, 0, 0], -x[:, 0, 0, 0], torch.zeros(len(x))], dim=1)
+
+    rows = semisup_rows(8)
+    term, loss_u = policy.loss(rows, u, context(RT, forward=forward))
+    assert seen == [[1.0, 2.0, 5.0, 6.0]]                                    # views 0 and 1 of images 1, 2
+    p = torch.softmax(forward(torch.tensor([1.0, 2.0, 5.0, 6.0]).view(4, 1, 1, 1).expand(4, 1, 2, 2)), dim=1)
+    pi = (p[:2] - p[2:]).pow(2).mean()
+    assert policy.log_values()['pi'].item() == pytest.approx(pi.item())
+    assert term.item() == pytest.approx(2 * loss_u.item() + 2 * 10 * pi.item())
+
+
+def semisup_rows(n):
+    from policy import MixedRows
+    return MixedRows(torch.zeros(n, 3), torch.full((n, 3), 1 / 3), torch.ones(n, dtype=torch.bool),
+                     torch.arange(n) % (n // 2))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# adaptive family
+# ---------------------------------------------------------------------------------------------------------
+def test_warm_start_switches_when_train_accuracy_first_exceeds_20_percent_and_stays():
+    policy = policy_of('adaptive', ['--policy', 'warm-start', '--extra-draws', '0'])
+    u = make_guess(probs([0.95, 0.85, 0.6, 0.55, 0.4], [0, 1, 2, 0, 1]))
+    _, keep, th = policy.select(u, context(RT, train_acc=(20, 100), step=7))   # 20%: not above it yet
+    assert keep.tolist() == [True, False, False, False, False] and th.item() == pytest.approx(0.9)
+    assert policy.switched_at.item() == -1 and policy.log_values()['switched'].item() == 0
+    _, keep, _ = policy.select(u, context(RT, train_acc=(21, 100), step=8))    # k = floor(5 * 0.21) = 1
+    assert policy.switched_at.item() == 8 and keep.sum().item() == 1
+    _, keep, _ = policy.select(u, context(RT, train_acc=(80, 100), step=9))    # k = 4, floor 0.5 keeps 4
+    assert keep.tolist() == [True, True, True, True, False]
+    policy.select(u, context(RT, train_acc=(5, 100), step=10))                 # no way back
+    assert policy.switched_at.item() == 8
+
+
+def test_ensure_ratio_draws_until_b_u_are_kept_or_its_cap():
+    policy = policy_of('adaptive', ['--policy', 'warm-start', '--warm-until', '0', '--extra-draws', '3'])
+    batches = iter([make_guess(probs([0.9, 0.3, 0.3, 0.3], [0, 1, 2, 0])) for _ in range(10)])
+    u = make_guess(probs([0.3, 0.3, 0.95, 0.3], [0, 1, 2, 0]))
+    chosen, keep, _ = policy.select(u, context(RT, train_acc=(1, 1), step=5, draw=lambda: next(batches)))
+    assert policy.log_values()['guessed'].item() == 16                       # 1 kept per batch: the cap, 1 + 3
+    assert keep.tolist() == [True, True, True, True] and len(chosen.images) == 4
+    assert chosen.mean_prob.max(dim=1).values.tolist() == pytest.approx([0.95, 0.9, 0.9, 0.9])
+    batches = iter([make_guess(probs([0.9, 0.9, 0.9, 0.3], [0, 1, 2, 0])) for _ in range(10)])
+    policy.select(u, context(RT, train_acc=(1, 1), step=6, draw=lambda: next(batches)))
+    assert policy.log_values()['guessed'].item() == 8                        # 1 + 3 kept: one more batch is enough
+
+
+def test_flexmatch_thresholds_follow_the_per_class_counts():
+    policy = policy_of('adaptive', ['--policy', 'flexmatch'])                  # tau 0.95, warm-up on, 10 images
+    policy.record.copy_(torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, -1]))      # sigma = 5, 4, 0; 1 unused
+    policy.beta.copy_(torch.tensor([1.0, 0.8, 0.0]))                          # beta = sigma / max(5, 1)
+    u = make_guess(probs([0.94, 0.96, 0.62, 0.65, 0.97], [0, 0, 1, 1, 2]))
+    u.index = torch.tensor([0, 5, 6, 7, 9])
+    keep, threshold = policy.mask(u, context(RT))
+    thresholds = torch.tensor([0.95, 0.95 * 0.8 / 1.2, 0.0])                 # tau * beta / (2 - beta)
+    assert keep.tolist() == [False, True, False, True, True]
+    assert threshold.item() == pytest.approx(thresholds.mean().item())
+    # images 5 (now class 0) and 9 (class 2) were above tau: their records change, and beta with them
+    assert policy.record.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 2]
+    assert policy.beta.tolist() == pytest.approx([1.0, 0.5, 1 / 6])          # sigma 6, 3, 1; none unused
+    no_warmup = policy_of('adaptive', ['--policy', 'flexmatch', '--flex-warmup', 'off'])
+    no_warmup.record.copy_(torch.tensor([0, 1, 1, -1, -1, -1, -1, -1, -1, -1]))
+    no_warmup.mask(make_guess(probs([0.5], [0])), context(RT))
+    assert no_warmup.beta.tolist() == pytest.approx([0.5, 1.0, 0.0])          # sigma / max sigma, not / 7 unused
+
+
+def test_flexmatch_keeps_every_image_before_any_count_as_the_paper():
+    policy = policy_of('adaptive', ['--policy', 'flexmatch'])
+    keep, _ = policy.mask(make_guess(probs([0.4, 0.34], [0, 1])), context(RT))
+    assert keep.all() and policy.beta.tolist() == [0, 0, 0]                  # all records unused: no update
+
+
+def test_freematch_thresholds_after_given_ema_states():
+    policy = policy_of('adaptive', ['--policy', 'freematch', '--free-momentum', '0.9'])
+    assert policy.tau.item() == pytest.approx(1 / 3) and policy.p.tolist() == pytest.approx([1 / 3] * 3)
+    policy.tau.fill_(0.5)
+    policy.p.copy_(torch.tensor([0.5, 0.5, 0.1]))
+    u = make_guess(probs([0.9, 0.4, 0.5], [0, 1, 2]))
+    keep, threshold = policy.mask(u, context(RT))
+    tau = 0.9 * 0.5 + 0.1 * (0.9 + 0.4 + 0.5) / 3                            # the batch enters first
+    p = 0.9 * torch.tensor([0.5, 0.5, 0.1]) + 0.1 * u.mean_prob.mean(dim=0)
+    thresholds = tau * p / p.max()                                            # about 0.51, 0.48, 0.12
+    assert policy.tau.item() == pytest.approx(tau) and policy.p.tolist() == pytest.approx(p.tolist())
+    assert keep.tolist() == [True, False, True]                               # 0.4 < 0.48 for class 1
+    assert threshold.item() == pytest.approx(thresholds.mean().item())
+
+
+def test_mixed_loss_adds_a_second_term_over_the_confident_rows():
+    policy = policy_of('mixmatch', ['--policy', 'mixed-loss', '--lambda-u', '8', '--rampup-steps', '100'])
+    u = make_guess(probs([0.95, 0.5], [0, 1]))
+    rows = semisup_rows(4)
+    rows.logits = torch.tensor([[2.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0], [0, 0, 3.0]])
+    term, loss_u = policy.loss(rows, u, context(RT, step=50))
+    mse = semisup.unlabeled_loss(rows.logits, rows.targets, rows.keep, 'mse')
+    confident = semisup.unlabeled_loss(rows.logits, rows.targets, torch.tensor([True, False, True, False]), 'mse')
+    assert loss_u.item() == pytest.approx(mse.item())
+    assert term.item() == pytest.approx(4 * mse.item() + 8 * confident.item())  # ramped 8 * 50/100; lambda_t = 8
+
+
+# ---------------------------------------------------------------------------------------------------------
+# every policy runs; the stateful ones resume exactly
+# ---------------------------------------------------------------------------------------------------------
+POLICIES = [('mixmatch', ['--policy', 'mixed-loss']), ('fixed', ['--policy', 'linear', '--threshold', '0.6']),
+            ('fixed', ['--policy', 'consistency', '--threshold', '0.6']),
+            ('adaptive', ['--policy', 'warm-start', '--warm-until', '30', '--extra-draws', '2']),
+            ('adaptive', ['--policy', 'flexmatch', '--flex-threshold', '0.5']), ('adaptive', ['--policy', 'freematch'])]
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    return make_plain_folder(str(tmp_path_factory.mktemp('data') / 'images'))
+
+
+@pytest.mark.parametrize('method,flags', POLICIES, ids=[f'{m}-{f[1]}' for m, f in POLICIES])
+def test_each_policy_runs_20_steps(images, tmp_path, method, flags):
+    out = str(tmp_path / 'run')
+    r = run_script(method, *tiny_run_args(images, out, tmp_path / 'cache', steps=20, eval_every=10), *flags)
+    assert r.returncode == 0, r.stderr
+    assert f"policy={flags[1]}" in r.stdout and 'done: 20 steps' in r.stdout
+
+
+@pytest.mark.parametrize('method,flags', [p for p in POLICIES if p[1][1] in ('warm-start', 'flexmatch', 'freematch')],
+                         ids=['warm-start', 'flexmatch', 'freematch'])
+def test_stateful_policies_resume_bit_exactly(images, tmp_path, method, flags):
+    cache, straight, split = tmp_path / 'cache', str(tmp_path / 'straight'), str(tmp_path / 'split')
+    assert run_script(method, *tiny_run_args(images, straight, cache, steps=8), *flags).returncode == 0
+    assert run_script(method, *tiny_run_args(images, split, cache, steps=4), *flags).returncode == 0
+    r = run_script(method, *tiny_run_args(images, split, cache, steps=8), *flags, '--resume', 'auto')
+    assert r.returncode == 0 and 'at step 4' in r.stdout, r.stderr
+    a, b = (torch.load(os.path.join(d, 'checkpoint.pt'), weights_only=True) for d in (straight, split))
+    assert a['policy'].keys() == b['policy'].keys() and a['policy']
+    for key in ('model', 'ema', 'policy'):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f'{key}.{name}'
