@@ -110,7 +110,7 @@ class WarmStart(Accuracy):
     """Sessions 417 and 428: a fixed --warm-threshold until the running train accuracy first exceeds
     --warm-until %, then the paper's rule (Accuracy). After the switch, "ensure the ratio": further unlabeled
     batches are drawn and guessed (up to --extra-draws of them) until B_u images pass the rule, and the first
-    B_u kept, in order, train. The step of the switch is state (policy_switched in the log)."""
+    B_u kept, in order, train. The step of the switch is state (printed, and policy_switch_step in the log)."""
     FLAGS = ('min_th', 'confidence', 'warm_threshold', 'warm_until', 'extra_draws')
 
     def __init__(self, args, num_classes, n_unlabeled):
@@ -126,7 +126,10 @@ class WarmStart(Accuracy):
         self.switched_at.copy_(torch.where((self.switched_at < 0) & (100 * num > self.args.warm_until * den),
                                            ctx.step, self.switched_at))
         self.guessed = u.mean_prob.new_tensor(float(len(u.images)))
-        if int(self.switched_at) < 0:  # one host sync: the number of forward passes depends on it
+        switched_at = int(self.switched_at)  # one host sync: the number of forward passes depends on it
+        if switched_at == ctx.step and ctx.rt.is_main:
+            print(f'warm start: train accuracy above {self.args.warm_until:g}% at step {ctx.step}', flush=True)
+        if switched_at < 0:
             return u, self.confidence(u) >= self.args.warm_threshold, torch.tensor(self.args.warm_threshold)
         pool, (keep, threshold) = u, self.mask(u, ctx)
         for _ in range(self.args.extra_draws):  # every process draws as often: the count is global
@@ -140,7 +143,7 @@ class WarmStart(Accuracy):
         return pool.take(first), keep[first], threshold
 
     def log_values(self):
-        return {'switched': (self.switched_at >= 0).float(), 'guessed': self.guessed}
+        return {'switch_step': self.switched_at.float(), 'guessed': self.guessed}
 
 
 class FlexMatch(Policy):

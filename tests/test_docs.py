@@ -60,3 +60,13 @@ def test_readme_leads_with_results_and_speaks_of_the_release_alone():
         text = open(os.path.join(REPO, doc)).read()
         assert not re.search(r'\b[0-2]\d:[0-5]\d\s*[–-]\s*[0-2]\d:[0-5]\d\b', text), doc      # times of day
         assert not re.search(r'[Ii]ssue #\d|\blent\b|this session', text), doc                 # our own work items
+
+
+def test_the_sessions_map_names_every_session_of_the_study():
+    """Every session number of the study's lab notes has a row (a command, or why there is none)."""
+    sessions = [79, 100, 121, 124, 177, 183, 191, 192, 203, 348, 352, 369, 371, 372, 373, 374, 377, 378, 386, 387,
+                401, 405, 406, 407, 408, 409, 417, 423, 428, 430, 431, 436, 437, 438, 449, 458, 460, 462, 463, 464,
+                465, 466, 467, 468, 469, 475, 477, 478, 485, 488]
+    rows = [line for line in open(os.path.join(REPO, 'etc', 'sessions.md')) if line.startswith('| ')]
+    named = {int(n) for line in rows for n in re.findall(r'\b(\d{2,3})\b', line.split('|')[1])}
+    assert not set(sessions) - named, sorted(set(sessions) - named)

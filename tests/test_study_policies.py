@@ -78,9 +78,9 @@ def test_warm_start_switches_when_train_accuracy_first_exceeds_20_percent_and_st
     u = make_guess(probs([0.95, 0.85, 0.6, 0.55, 0.4], [0, 1, 2, 0, 1]))
     _, keep, th = policy.select(u, context(RT, train_acc=(20, 100), step=7))   # 20%: not above it yet
     assert keep.tolist() == [True, False, False, False, False] and th.item() == pytest.approx(0.9)
-    assert policy.switched_at.item() == -1 and policy.log_values()['switched'].item() == 0
+    assert policy.switched_at.item() == -1 and policy.log_values()['switch_step'].item() == -1
     _, keep, _ = policy.select(u, context(RT, train_acc=(21, 100), step=8))    # k = floor(5 * 0.21) = 1
-    assert policy.switched_at.item() == 8 and keep.sum().item() == 1
+    assert policy.switched_at.item() == 8 and keep.sum().item() == 1 and policy.log_values()['switch_step'] == 8
     _, keep, _ = policy.select(u, context(RT, train_acc=(80, 100), step=9))    # k = 4, floor 0.5 keeps 4
     assert keep.tolist() == [True, True, True, True, False]
     policy.select(u, context(RT, train_acc=(5, 100), step=10))                 # no way back
