@@ -18,8 +18,8 @@ def bf16_unusable(device):
     bf16 kernels (AVX512-BF16 or AMX): elsewhere bf16 convolutions fall back to a reference kernel about 5x
     slower than fp32."""
     device = torch.device(device)
-    if device.type == 'cuda':
-        return None if torch.cuda.is_bf16_supported() else 'this GPU has no bf16 support'
+    if device.type == 'cuda':  # emulated bf16 (V100, T4) is slower than fp32
+        return None if torch.cuda.is_bf16_supported(including_emulation=False) else 'this GPU has no bf16 units'
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return 'this CPU has no AVX512-BF16 or AMX, so oneDNN has no bf16 kernels (bf16 would be ~5x slower than fp32)'
     return None
@@ -37,8 +37,6 @@ class Runtime:
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         if device == 'cuda' and not torch.cuda.is_available():
             raise UserError('--device cuda: no CUDA device is available (use --device cpu)')
-        if amp == 'auto':
-            amp = 'off' if bf16_unusable(device) else 'bf16'
         if amp == 'fp16' and device != 'cuda':
             raise UserError('--amp fp16 needs CUDA; use --amp bf16 or off on the CPU')
         if compile == 'reduce-overhead' and device != 'cuda':
@@ -46,6 +44,8 @@ class Runtime:
         if device == 'cuda' and self.world > 1:
             device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
             torch.cuda.set_device(device)
+        if amp == 'auto':  # decided on this process's own device
+            amp = 'off' if bf16_unusable(device) else 'bf16'
         self.device = torch.device(device)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')

@@ -107,38 +107,40 @@ class Accuracy(Policy):
 
 
 class WarmStart(Accuracy):
-    """Sessions 417 and 428: a fixed --warm-threshold until the running train accuracy first exceeds
-    --warm-until %, then the paper's rule (Accuracy). After the switch, "ensure the ratio": further unlabeled
-    batches are drawn and guessed (up to --extra-draws of them) until B_u images pass the rule, and the first
-    B_u kept, in order, train. The step of the switch is state (printed, and policy_switch_step in the log)."""
+    """Sessions 417 and 428: a fixed --warm-threshold while the last completed --acc-window's train accuracy is
+    at most --warm-until % (so the first window is always warm, as the original's first epoch), the paper's
+    rule (Accuracy) after it. Then "ensure the ratio": further unlabeled batches are drawn and guessed, up to
+    --extra-draws, until every process has B_u images that pass the rule; the first B_u kept, in order, train.
+    The first step past the warm phase is state (printed, and policy_switch_step in the log). Host syncs: one
+    per step (the number of forward passes depends on it), one per further draw."""
     FLAGS = ('min_th', 'confidence', 'warm_threshold', 'warm_until', 'extra_draws')
 
     def __init__(self, args, num_classes, n_unlabeled):
         super().__init__(args, num_classes, n_unlabeled)
-        self.register_buffer('switched_at', torch.tensor(-1))  # the step of the switch, -1 before it
+        self.register_buffer('switched_at', torch.tensor(-1))  # the first step past the warm phase, -1 before
 
     @staticmethod
     def reads_train_acc(args):
         return True
 
     def select(self, u, ctx):
-        num, den = ctx.train_acc
-        self.switched_at.copy_(torch.where((self.switched_at < 0) & (100 * num > self.args.warm_until * den),
-                                           ctx.step, self.switched_at))
-        self.guessed = u.mean_prob.new_tensor(float(len(u.images)))
-        switched_at = int(self.switched_at)  # one host sync: the number of forward passes depends on it
-        if switched_at == ctx.step and ctx.rt.is_main:
-            print(f'warm start: train accuracy above {self.args.warm_until:g}% at step {ctx.step}', flush=True)
-        if switched_at < 0:
-            return u, self.confidence(u) >= self.args.warm_threshold, torch.tensor(self.args.warm_threshold)
+        num, den = ctx.window_acc
+        warm = 100 * num <= self.args.warm_until * den
+        self.switched_at.copy_(torch.where((self.switched_at < 0) & ~warm, ctx.step, self.switched_at))
+        self.guessed = torch.full((), float(len(u.images)), device=u.target.device)
+        if bool(warm):
+            return u, self.confidence(u) >= self.args.warm_threshold, u.target.new_full((), self.args.warm_threshold)
+        if int(self.switched_at) == ctx.step and ctx.rt.is_main:
+            print(f'warm start: last window\'s train accuracy above {self.args.warm_until:g}% at step {ctx.step}',
+                  flush=True)
         pool, (keep, threshold) = u, self.mask(u, ctx)
-        for _ in range(self.args.extra_draws):  # every process draws as often: the count is global
-            if int(ctx.rt.all_reduce(keep.sum())) >= len(u.images) * ctx.rt.world:
+        for _ in range(self.args.extra_draws):  # the fewest kept on any process decides: all draw as often
+            if int(ctx.rt.all_reduce(keep.sum(), 'min')) >= len(u.images):
                 break
             more = ctx.draw()
             keep_more, threshold = self.mask(more, ctx)
             pool, keep = pool.cat(more), torch.cat([keep, keep_more])
-        self.guessed = u.mean_prob.new_tensor(float(len(pool.images)))
+        self.guessed = torch.full((), float(len(pool.images)), device=u.target.device)
         first = (~keep).to(torch.uint8).argsort(stable=True)[:len(u.images)]  # the kept ones first, in order
         return pool.take(first), keep[first], threshold
 
@@ -166,12 +168,12 @@ class FlexMatch(Policy):
         thresholds = tau * self.beta / (2 - self.beta)
         keep = confidence >= thresholds[label]
         index, confidence, label = (ctx.rt.all_gather(t) for t in (u.index, confidence, label))
-        order = index.argsort(stable=True)  # an image drawn twice in one step: its last prediction counts
-        last = torch.ones_like(order, dtype=torch.bool)
-        last[:-1] = index[order[1:]] != index[order[:-1]]
-        index, confidence, label = index[order[last]], confidence[order[last]], label[order[last]]
-        self.record[index] = torch.where(confidence >= tau, label, self.record[index])
-        counts = torch.bincount(self.record + 1, minlength=self.num_classes + 1)  # [unused, sigma_1 .. sigma_C]
+        new = torch.where(confidence >= tau, label, self.record[index])
+        order = index.argsort(stable=True)  # an image drawn twice in one step: its last prediction counts, so
+        last = torch.searchsorted(index[order], index[order], right=True) - 1  # every copy writes that one
+        self.record[index[order]] = new[order][last]
+        counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=index.device)  # no host sync, unlike
+        counts.index_add_(0, self.record + 1, torch.ones_like(self.record))  # bincount: [unused, sigma_1 ..]
         scale = counts.max() if self.args.flex_warmup == 'on' else counts[1:].max().clamp(min=1)
         self.beta.copy_(torch.where(counts.max() < len(self.record), counts[1:] / scale, self.beta))
         return keep, thresholds.mean()
@@ -370,7 +372,7 @@ def train(args, rt):
             u = None
         else:
             u = draw()
-        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model)
+        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model, train_acc.completed())
         m = train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
         first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
         meter.add(**m)

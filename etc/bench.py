@@ -118,8 +118,11 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a):
 
     def step(i):  # as the training loop runs it
         i_l = streams[0].next()
-        ctx = Context(i, train_acc.fraction(), val_acc, rt, draw_unlabeled, lambda x: train.forward(net, rt, x))
-        u = draw_unlabeled()
+        ctx = Context(i, train_acc.fraction(), val_acc, rt, draw_unlabeled, lambda x: train.forward(net, rt, x),
+                      train_acc.completed())
+        u = None if args.labeled_only else draw_unlabeled()
+        if args.labeled_only:
+            streams[1].next()
         train.train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
 
     for i in range(a.warmup):

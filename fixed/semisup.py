@@ -65,13 +65,14 @@ class TrainAccuracy:
                   accuracy enters the new window's mean with the weight of one image, as the original's
                   AverageMeter.update(value, 1) beside batches of weight B; the first window's seed is 0.
       none        session 401: each window starts empty, so its first step reads 0.
-      window      the first release's rule: until the window's first batch, the previous window's mean."""
+      window      the first release's rule: until the window's first batch, the previous window's mean.
+    completed() is the mean of the last completed window (unseeded), which the warm start decides on."""
     SEEDS = ('last-batch', 'none', 'window')
 
     def __init__(self, device, seed='last-batch'):
         self.seed = seed
-        # this window's correct and seen; the last batch's correct and seen; the seed's correct and seen
-        self.state = torch.tensor([0, 0, 0, 0, 0, 1], dtype=torch.long, device=device)
+        # correct and seen: this window's, the last batch's, the seed's, the last completed window's
+        self.state = torch.tensor([0, 0, 0, 0, 0, 1, 0, 1], dtype=torch.long, device=device)
 
     def add(self, correct, seen):
         """correct, seen: counts of one step (tensors or ints), already summed over processes."""
@@ -82,7 +83,7 @@ class TrainAccuracy:
 
     def fraction(self):
         """(numerator, denominator) of the accuracy in force, as device tensors; denominator >= 1."""
-        correct, seen, _, _, seed_correct, seed_seen = self.state
+        correct, seen, _, _, seed_correct, seed_seen, _, _ = self.state
         if self.seed == 'last-batch':  # (seed_correct / seed_seen * 1 + correct) / (1 + seen), in integers
             return seed_correct + seed_seen * correct, seed_seen * (1 + seen)
         if self.seed == 'window':
@@ -90,17 +91,24 @@ class TrainAccuracy:
             return torch.where(fresh, correct, seed_correct), torch.where(fresh, seen, seed_seen).clamp(min=1)
         return correct, seen.clamp(min=1)
 
+    def completed(self):
+        """(correct, seen) of the last completed window, (0, 1) before one completes."""
+        return self.state[6], self.state[7]
+
     def new_window(self):
         """An empty window keeps the seed it had."""
+        fresh = self.state[1] > 0
         if self.seed != 'none':
             source = self.state[2:4] if self.seed == 'last-batch' else self.state[0:2]
-            self.state[4:] = torch.where(self.state[1] > 0, source, self.state[4:])
+            self.state[4:6] = torch.where(fresh, source, self.state[4:6])
+        self.state[6:] = torch.where(fresh, self.state[0:2], self.state[6:])
         self.state[:2] = 0
 
     def load(self, saved):
         """A saved state; the first release saved 4 counts (window-mean seed), which load under --acc-seed window."""
         if len(saved) == 4 and self.seed == 'window':
-            saved = torch.stack([saved[0], saved[1], saved[0] * 0, saved[0] * 0, saved[2], saved[3]])
+            zero, one = saved[0] * 0, saved[0] * 0 + 1
+            saved = torch.stack([saved[0], saved[1], zero, zero, saved[2], saved[3], zero, one])
         if saved.shape != self.state.shape:
             return False
         self.state.copy_(saved)

@@ -92,18 +92,18 @@ class Linear(Constant):
 class Consistency(Constant):
     """Session 100 ("FixMixMatch"): the images at or above --threshold train as MixMatch guesses; those below
     it get a Pi-model consistency loss instead: the mean squared difference of the model's predictions (with
-    gradient) on two of their views, weighted --lambda-pi times lambda_u (the original's FixMixMatch_Pi,
-    logged as policy_pi). That forward pass has as many images as fall below (one host sync)."""
+    gradient) on two of their views, weighted --lambda-pi times lambda_u (the original's FixMixMatch_Pi, logged
+    as policy_pi). The two views of every image go through the model, masked to the ones below, so that every
+    process runs the same passes (the original passed the images below alone, a batch of varying size)."""
     FLAGS = ('threshold', 'lambda_pi', 'confidence')
 
     def loss(self, rows, u, ctx):
         term, loss_u = super().loss(rows, u, ctx)
-        below = (self.confidence(u) < self.args.threshold).nonzero().squeeze(1)
-        self.pi = term.new_zeros(())
-        if len(below) > 1:  # the original skipped a single image
-            views = u.views.view(-1, len(u.images), *u.views.shape[1:])[:2, below].flatten(0, 1)
-            p = torch.softmax(ctx.forward(views), dim=1).view(2, len(below), -1)
-            self.pi = (p[0] - p[1]).pow(2).mean()
+        below = (self.confidence(u) < self.args.threshold).float()
+        below = below * (below.sum() > 1)  # the original skipped a single image
+        views = u.views.view(-1, len(u.images), *u.views.shape[1:])[:2].flatten(0, 1)
+        p = torch.softmax(ctx.forward(views), dim=1).view(2, len(u.images), -1)
+        self.pi = ((p[0] - p[1]).pow(2).mean(dim=1) * below).sum() / below.sum().clamp(min=1)
         return term + self.lambda_u(ctx.step) * self.args.lambda_pi * self.pi, loss_u
 
     def log_values(self):
@@ -280,7 +280,7 @@ def train(args, rt):
             u = None
         else:
             u = draw()
-        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model)
+        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model, train_acc.completed())
         m = train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
         first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
         meter.add(**m)

@@ -16,6 +16,7 @@ from runtime import seed_everything
 FORMAT = 3  # checkpoint.pt layout: 1 had no policy state (it resumes where the policy keeps none); 1 and 2
 #             counted the train accuracy in 4 counts (a window-mean seed): they resume under --acc-seed window
 RESUMABLE = ('model', 'optimizer', 'step')  # what an evaluation checkpoint (best.pt, a released file) lacks
+SAME_DATA = ('dataset', 'n_labeled', 'n_val', 'split_seed', 'image_size')  # the split the samplers index into
 
 
 @dataclass
@@ -79,6 +80,11 @@ def open_run(args, method, method_tag, rt):
                                  ('arch', ckpt['arch'], args.arch)):
             if saved != mine:
                 raise UserError(f'--resume {resume}: checkpoint is {key} {saved!r}, this run is {mine!r}')
+        for key in SAME_DATA:  # the samplers continue over the images the checkpoint was trained on
+            if ckpt['args'].get(key) != vars(args).get(key):
+                raise UserError(f'--resume {resume}: the checkpoint trained with --{key.replace("_", "-")} '
+                                f'{ckpt["args"].get(key)}, this run asks for {vars(args).get(key)}; resume with the '
+                                'same data flags, or start a new run')
     rt.barrier()  # every process has looked at the run directory before the first one writes to it
     return Run(out, resume, ckpt)
 
@@ -126,6 +132,7 @@ def save_training(run, rt, progress, args, method, classes, meta, model, ema, op
     save_atomic({
         'format': FORMAT, 'model': model.state_dict(), 'ema': eval_model.state_dict(),
         'ema_n_averaged': 0 if ema is None else int(ema.n_averaged), 'optimizer': optimizer.state_dict(),
+        'scaler': None if rt.scaler is None else rt.scaler.state_dict(),
         'policy_name': args.policy, 'policy': {k: v.cpu() for k, v in policy_state.items()},
         'step': progress.step, 'args': dict(vars(args)), 'method': method, 'arch': args.arch,
         'num_classes': args.num_classes, 'classes': list(classes),
@@ -188,6 +195,8 @@ def restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, st
         load_weights(ema.module, ckpt['ema'], path)
         ema.n_averaged.fill_(ckpt['ema_n_averaged'])
     optimizer.load_state_dict(ckpt['optimizer'])
+    if rt.scaler is not None and ckpt.get('scaler'):  # --amp fp16: the loss scale continues
+        rt.scaler.load_state_dict(ckpt['scaler'])
     for group in optimizer.param_groups:  # flags given now win over the saved ones
         group['lr'], group['weight_decay'] = args.lr, args.wd
     if not train_acc.load(ckpt['train_acc']):

@@ -68,6 +68,7 @@ class Context:
     rt: object             # runtime.Runtime: rt.all_gather, rt.all_reduce and rt.mine combine the processes
     draw: Callable         # draw() -> Guess: the sampler's next unlabeled batch, guessed by the same model
     forward: Callable      # forward(images) -> fp32 logits of the training model, with gradient (train mode)
+    window_acc: tuple = None  # (correct, seen): the last completed --acc-window's train top-1; (0, 1) before
 
 
 class Policy(torch.nn.Module):

@@ -249,7 +249,7 @@ def train(args, rt):
             u = None
         else:
             u = draw()
-        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model)
+        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model, train_acc.completed())
         m = train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
         first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
         meter.add(**m)

@@ -85,6 +85,7 @@ def test_train_accuracy_window_seeded_as_session_431_weighs_the_last_batch_as_on
     acc.new_window()
     acc.new_window()                                                 # an empty window keeps its seed
     assert fraction(acc) == [8, 8]
+    assert [int(v) for v in acc.completed()] == [8, 8]               # the last completed window, unseeded
 
 
 def test_train_accuracy_unseeded_as_session_401_and_the_first_releases_window_mean():

@@ -199,7 +199,7 @@ def one_step(policy_class, step=0, drop_unkept=False):
     train_acc = semisup.TrainAccuracy(rt.device)
     policy = policy_class(args, 3, len(x_unl))
     ctx = Context(step, train_acc.fraction(), (torch.tensor(0), torch.tensor(1)), rt, draw,
-                  lambda images: train.forward(model, rt, images))
+                  lambda images: train.forward(model, rt, images), train_acc.completed())
     x_l, y_l = torch.randint(0, 256, (8, 1, 12, 12), dtype=torch.uint8), torch.arange(8) % 3
     m = train.train_step(model, None, optimizer, rt, policy, train_acc, x_l, y_l, draw(), ctx, args)
     return policy, m

@@ -57,9 +57,9 @@ def test_consistency_adds_a_pi_loss_on_the_images_below_the_threshold():
 
     rows = semisup_rows(8)
     term, loss_u = policy.loss(rows, u, context(RT, forward=forward))
-    assert seen == [[1.0, 2.0, 5.0, 6.0]]                                    # views 0 and 1 of images 1, 2
+    assert seen == [[float(v) for v in range(8)]]                 # views 0 and 1 of every image, the same passes
     p = torch.softmax(forward(torch.tensor([1.0, 2.0, 5.0, 6.0]).view(4, 1, 1, 1).expand(4, 1, 2, 2)), dim=1)
-    pi = (p[:2] - p[2:]).pow(2).mean()
+    pi = (p[:2] - p[2:]).pow(2).mean()                                       # images 1 and 2 are below 0.8
     assert policy.log_values()['pi'].item() == pytest.approx(pi.item())
     assert term.item() == pytest.approx(2 * loss_u.item() + 2 * 10 * pi.item())
 
@@ -73,30 +73,33 @@ def semisup_rows(n):
 # ---------------------------------------------------------------------------------------------------------
 # adaptive family
 # ---------------------------------------------------------------------------------------------------------
-def test_warm_start_switches_when_train_accuracy_first_exceeds_20_percent_and_stays():
+def test_warm_start_is_fixed_until_a_completed_window_passes_20_percent():
+    """The original decided each epoch from the previous epoch's mean train accuracy: ours, each window."""
     policy = policy_of('adaptive', ['--policy', 'warm-start', '--extra-draws', '0'])
     u = make_guess(probs([0.95, 0.85, 0.6, 0.55, 0.4], [0, 1, 2, 0, 1]))
-    _, keep, th = policy.select(u, context(RT, train_acc=(20, 100), step=7))   # 20%: not above it yet
+    _, keep, th = policy.select(u, context(RT, train_acc=(90, 100), step=3))   # no window completed yet: warm
     assert keep.tolist() == [True, False, False, False, False] and th.item() == pytest.approx(0.9)
+    policy.select(u, context(RT, train_acc=(90, 100), window_acc=(20, 100), step=7))  # 20%: not above it
     assert policy.switched_at.item() == -1 and policy.log_values()['switch_step'].item() == -1
-    _, keep, _ = policy.select(u, context(RT, train_acc=(21, 100), step=8))    # k = floor(5 * 0.21) = 1
+    _, keep, _ = policy.select(u, context(RT, train_acc=(21, 100), window_acc=(21, 100), step=8))  # k = 1
     assert policy.switched_at.item() == 8 and keep.sum().item() == 1 and policy.log_values()['switch_step'] == 8
-    _, keep, _ = policy.select(u, context(RT, train_acc=(80, 100), step=9))    # k = 4, floor 0.5 keeps 4
+    _, keep, _ = policy.select(u, context(RT, train_acc=(80, 100), window_acc=(21, 100), step=9))  # k = 4
     assert keep.tolist() == [True, True, True, True, False]
-    policy.select(u, context(RT, train_acc=(5, 100), step=10))                 # no way back
-    assert policy.switched_at.item() == 8
+    _, keep, _ = policy.select(u, context(RT, train_acc=(80, 100), window_acc=(5, 100), step=10))  # warm again
+    assert keep.sum().item() == 1 and policy.switched_at.item() == 8                # the first switch stays logged
 
 
 def test_ensure_ratio_draws_until_b_u_are_kept_or_its_cap():
-    policy = policy_of('adaptive', ['--policy', 'warm-start', '--warm-until', '0', '--extra-draws', '3'])
+    policy = policy_of('adaptive', ['--policy', 'warm-start', '--extra-draws', '3'])
     batches = iter([make_guess(probs([0.9, 0.3, 0.3, 0.3], [0, 1, 2, 0])) for _ in range(10)])
     u = make_guess(probs([0.3, 0.3, 0.95, 0.3], [0, 1, 2, 0]))
-    chosen, keep, _ = policy.select(u, context(RT, train_acc=(1, 1), step=5, draw=lambda: next(batches)))
+    chosen, keep, _ = policy.select(u, context(RT, train_acc=(1, 1), window_acc=(1, 1), step=5,
+                                               draw=lambda: next(batches)))
     assert policy.log_values()['guessed'].item() == 16                       # 1 kept per batch: the cap, 1 + 3
     assert keep.tolist() == [True, True, True, True] and len(chosen.images) == 4
     assert chosen.mean_prob.max(dim=1).values.tolist() == pytest.approx([0.95, 0.9, 0.9, 0.9])
     batches = iter([make_guess(probs([0.9, 0.9, 0.9, 0.3], [0, 1, 2, 0])) for _ in range(10)])
-    policy.select(u, context(RT, train_acc=(1, 1), step=6, draw=lambda: next(batches)))
+    policy.select(u, context(RT, train_acc=(1, 1), window_acc=(1, 1), step=6, draw=lambda: next(batches)))
     assert policy.log_values()['guessed'].item() == 8                        # 1 + 3 kept: one more batch is enough
 
 
@@ -157,7 +160,7 @@ def test_mixed_loss_adds_a_second_term_over_the_confident_rows():
 # ---------------------------------------------------------------------------------------------------------
 POLICIES = [('mixmatch', ['--policy', 'mixed-loss']), ('fixed', ['--policy', 'linear', '--threshold', '0.6']),
             ('fixed', ['--policy', 'consistency', '--threshold', '0.6']),
-            ('adaptive', ['--policy', 'warm-start', '--warm-until', '30', '--extra-draws', '2']),
+            ('adaptive', ['--policy', 'warm-start', '--warm-until', '10', '--extra-draws', '2']),
             ('adaptive', ['--policy', 'flexmatch', '--flex-threshold', '0.5']), ('adaptive', ['--policy', 'freematch'])]
 
 
