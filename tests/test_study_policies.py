@@ -190,3 +190,26 @@ def test_stateful_policies_resume_bit_exactly(images, tmp_path, method, flags):
     for key in ('model', 'ema', 'policy'):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f'{key}.{name}'
+
+
+TORCHRUN = [('fixed', ['--policy', 'consistency', '--threshold', '0.55']),
+            ('adaptive', ['--policy', 'warm-start', '--warm-until', '5', '--extra-draws', '2']),
+            ('adaptive', ['--policy', 'flexmatch', '--flex-threshold', '0.5'])]
+
+
+@pytest.mark.parametrize('method,flags', TORCHRUN, ids=[f[1] for _, f in TORCHRUN])
+def test_policies_that_run_more_passes_or_keep_state_work_under_torchrun(images, tmp_path, method, flags):
+    """Two gloo processes: every process runs the same forward passes (no collective left waiting), and the
+    policy's state stays the same on both (compared at every checkpoint, here every step)."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        os.path.join(REPO, method, 'train.py'),
+                        *map(str, tiny_run_args(images, str(tmp_path / 'ddp'), tmp_path / 'cache', steps=6,
+                                                eval_every=1)), *flags],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    digests = [line.split()[-1] for line in r.stdout.splitlines() if 'parameters sha256' in line]
+    assert len(digests) == 2 and digests[0] == digests[1]
