@@ -39,11 +39,15 @@ class Progress:
     history: list = field(default_factory=list)
     val_acc: tuple = (0, 1)
 
+    def improves(self, val_top1):
+        """Would an evaluation with this val top-1 be the new best (the first of equal val top-1 wins)."""
+        return self.best is None or val_top1 is None or val_top1 > self.best['val_top1']
+
     def add(self, record):
-        """Take one evaluation record; True if it is the new best (the first of equal val top-1 wins)."""
+        """Take one evaluation record; True if it is the new best."""
         if record['test_top1'] is not None:
             self.history = (self.history + [[record['test_top1'], record['test_top5']]])[-20:]
-        if self.best is None or record['val_top1'] is None or record['val_top1'] > self.best['val_top1']:
+        if self.improves(record['val_top1']):
             self.best = {k: record[k] for k in ('step', 'val_top1', 'val_top5', 'test_top1', 'test_top5')}
             return True
         return False

@@ -95,6 +95,8 @@ def common_parser():
     g.add_argument('--train-acc', default='clean', choices=('clean', 'mixed'),
                    help='train accuracy: a forward of the unmixed labeled batch after the step (original), or mixed')
     g.add_argument('--print-every', type=int, default=100, help='steps between progress lines')
+    g.add_argument('--test-when', default='val-improves', choices=('val-improves', 'every-eval'),
+                   help='test set: when val top-1 improves and at the end, or at every evaluation (median of 20)')
 
     g = p.add_argument_group('run')
     g.add_argument('--out', default=None, metavar='DIR',

@@ -13,8 +13,11 @@ so the entries of one seed are paired. Runs go to runs/reproduce/<preset>/<entry
 continues where it stopped (finished runs are skipped, unfinished ones resume from their checkpoint).
 
 Presets set the length and scale the schedule flags with --steps by one rule for every method:
-    --eval-every = --acc-window = steps / evals,  --rampup-steps (MixMatch) = steps / 4
-(the scripts' defaults: 65536 steps, 1024, 1024 and 16000, i.e. 64 evaluations and a quarter of the run).
+    --eval-every = --acc-window = steps / evals,  MixMatch --rampup-steps = steps * 19 / 300 (the original's
+    19 of 300 epochs; steps / 4 in the v1 presets)
+The test set is measured when val top-1 improves and at the end (the tables' test top-1 at best val); the full
+preset measures it at every evaluation for the median of the last 20 (--test-when every-eval). Before it
+starts, a call prints its plan: runs to do, runs reused, and hours estimated from earlier runs here.
 """
 import argparse
 import json
@@ -40,7 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {
     'quick': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'faithful'},
     'medium': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'faithful'},
-    'full': {'steps': 16384, 'evals': 64, 'n_val': 1000, 'setup': 'faithful'},
+    'full': {'steps': 16384, 'evals': 64, 'n_val': 1000, 'setup': 'faithful', 'median': True},
     'quick-v1': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'v1'},
     'medium-v1': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'v1'},
 }
@@ -145,7 +148,8 @@ def schedule(preset):
     else:
         rampup = ['--rampup-steps', str(p['steps'] // 4)]
     return {'steps': p['steps'], 'eval_every': every, 'acc_window': every, 'rampup': rampup,
-            'n_val': p['n_val'], 'evals': p['evals'], 'setup': p['setup']}
+            'n_val': p['n_val'], 'evals': p['evals'], 'setup': p['setup'],
+            'test_when': ['--test-when', 'every-eval'] if p.get('median') else []}
 
 
 def in_setup(entry, preset):
@@ -170,7 +174,8 @@ def command(entry, seed, preset, device, runs_dir):
     script, flags, labels, _, _ = ENTRIES[entry]
     s = schedule(preset)
     cmd = [f'{script}/train.py', *entry_flags(entry, preset), '--n-labeled', str(labels), '--n-val', str(s['n_val']),
-           '--steps', str(s['steps']), '--eval-every', str(s['eval_every']), '--acc-window', str(s['acc_window'])]
+           '--steps', str(s['steps']), '--eval-every', str(s['eval_every']), '--acc-window', str(s['acc_window']),
+           *s['test_when']]
     if (script == 'mixmatch' and '--labeled-only' not in flags) or entry in RAMPED:
         cmd += s['rampup']
     cmd += ['--seed', str(seed), '--split-seed', str(seed), '--device', device,
@@ -336,9 +341,35 @@ def summarize(out, cmd=None):
     return {'best_top1': best['test_top1'], 'best_top5': best['test_top5'], 'best_step': best['step'],
             'median_top1': statistics.median(r['test_top1'] for r in last),
             'median_top5': statistics.median(r['test_top5'] for r in last), 'median_n': len(last),
+            'tested_every': all(r['test_top1'] is not None for r in records),
+            'ms_per_step': statistics.median(ms) if (ms := [r['ms_per_step'] for r in records
+                                                            if r.get('ms_per_step') is not None]) else None,
+            'guessed': guessed_per_step(records, info['command']),
             'mask_ratio': end.get('mask_ratio'), 'pl_acc': end.get('pseudo_label_acc'), 'steps': end['step'],
             'wall_s': info['wall_s'], 'hardware': info.get('hardware', '?'), 'device': end.get('device'),
             'amp': end.get('amp'), 'git': end.get('git_sha'), 'command': info['command']}
+
+
+def guessed_per_step(records, cmd):
+    """Unlabeled images guessed per step: what the policy logged (ensure-ratio draws more), else the unlabeled
+    batch of the command (none for labeled-only)."""
+    logged = [r['policy_guessed'] for r in records if r.get('policy_guessed') is not None]
+    if logged:
+        return statistics.mean(logged)
+    if '--labeled-only' in cmd.split():
+        return 0
+    for flag in ('--unlabeled-batch-size', '--batch-size'):
+        m = re.search(rf'{flag} (\d+)', cmd)
+        if m:
+            return int(m.group(1))
+    return 64
+
+
+P_NOTE = (' Unlabeled guessed / step: K augmentations of each are labeled by the model; ensure-ratio draws and '
+          'guesses further batches. ms / step: median over evaluation windows of the training step alone (the '
+          'accuracy policies add a forward pass of the clean labeled batch); runs that shared the machine with '
+          'others were slowed alike. At 1,024 steps the unlabeled set is seen about once: the table ranks early '
+          'progress, not where the policies end.')
 
 
 def mean_std(values, digits=2, signed=False):
@@ -377,42 +408,56 @@ def table_rows(table, preset):
     return title, [(e, p) for e, p in rows if in_setup(e, preset)]
 
 
+def table_columns(table, seeds, results, rows):
+    """(header, cell(finished runs of an entry)) of a table's columns after entry, session, paper and n. The
+    median of the last evaluations only where every run measured the test set at every evaluation; the
+    policy table adds the cost of a step."""
+    done = [results[(e, s)] for e, _ in rows for s in seeds if results.get((e, s))]
+    cols = [('test top-1 @ best val', lambda d: mean_std([r['best_top1'] for r in d])),
+            ('top-5 @ best val', lambda d: mean_std([r['best_top5'] for r in d]))]
+    if done and all(r['tested_every'] for r in done):
+        cols += [('test top-1, median of last evals', lambda d: f'{mean_std([r["median_top1"] for r in d])} '
+                                                                f'(last {min(r["median_n"] for r in d)})'),
+                 ('top-5, median', lambda d: mean_std([r['median_top5'] for r in d]))]
+    cols += [('mask ratio (end)', lambda d: mean_std([r['mask_ratio'] for r in d], 3)),
+             ('pseudo-label acc (end)', lambda d: mean_std([r['pl_acc'] for r in d], 1))]
+    if table == 'P':
+        cols += [('unlabeled guessed / step', lambda d: mean_std([r['guessed'] for r in d], 0)),
+                 ('ms / step', lambda d: mean_std([r['ms_per_step'] for r in d], 0))]
+    cols += [('steps', lambda d: str(d[0]['steps'])),
+             ('wall / run', lambda d: f'{mean_std([r["wall_s"] / 60 for r in d], 0)} min')]
+    return [('entry', None), ('session', None), ('paper top-1 (NAVER)', None), ('n', None)] + cols
+
+
 def write_table(table, seeds, args, results):
     title, rows = table_rows(table, args.preset)
     s = schedule(args.preset)
+    columns = table_columns(table, seeds, results, rows)
     lines = [f'# {title}', '',
              f'Preset `{args.preset}`: {s["steps"]} steps, an evaluation every {s["eval_every"]} steps '
              f'({s["evals"]} in all), `--acc-window {s["acc_window"]}`, MixMatch `{" ".join(s["rampup"])}`, '
              f'`--n-val {s["n_val"]}`; seeds {", ".join(map(str, seeds))} asked (`--seed i --split-seed i`), n per '
              'row finished. Fashion-MNIST, WRN-28-2, test set of 10,000 images, fp32 evaluation of the EMA weights. '
-             'Mean ± sample standard deviation (n − 1) over seeds. Median: over the last 20 evaluations, or all of '
-             'them when the preset has fewer.', '',
+             'Mean ± sample standard deviation (n − 1) over seeds. Median (only where the test set was measured at '
+             'every evaluation, `--test-when every-eval`): over the last 20 evaluations, or all of them when the '
+             'preset has fewer.' + (P_NOTE if table == 'P' else ''), '',
              f'Collected by `python etc/reproduce.py --table {table} --seeds {len(seeds)}'
              f'{"" if seeds[0] == 0 else f" --first-seed {seeds[0]}"} --preset {args.preset} --report` from the '
              f'runs that finished, here or archived in etc/results/logs/{args.preset} (runs of several calls, '
              'sessions or machines add up); the exact command of every run is below.', '',
-             '| entry | session | paper top-1 (NAVER) | n | test top-1 @ best val | top-5 @ best val | '
-             'test top-1, median of last evals | top-5, median | mask ratio (end) | pseudo-label acc (end) | '
-             'steps | wall / run |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '| ' + ' | '.join(h for h, _ in columns) + ' |', '|' + '---|' * len(columns)]
     devices, walls = set(), []
     for entry, paper in rows:
         rs = [results.get((entry, seed)) for seed in seeds]
         done = [r for r in rs if r]
         session, what = ENTRIES[entry][3], describe(entry, args.preset)
+        head = [f'{entry}: {what}', session, str(paper or '—'), str(len(done))]
         if not done:
-            lines.append(f'| {entry}: {what} | {session} | {paper or "—"} | 0 | not run | | | | | | | |')
+            lines.append('| ' + ' | '.join(head + ['not run'] + [''] * (len(columns) - 5)) + ' |')
             continue
         devices |= {f'{r["hardware"]}: {r["device"]}, amp {r["amp"]}' for r in done}
         walls += [r['wall_s'] for r in done]
-        med_n = min(r['median_n'] for r in done)
-        lines.append(
-            f'| {entry}: {what} | {session} | {paper or "—"} | {len(done)} | '
-            f'{mean_std([r["best_top1"] for r in done])}'
-            f' | {mean_std([r["best_top5"] for r in done])} | {mean_std([r["median_top1"] for r in done])} '
-            f'(last {med_n}) | {mean_std([r["median_top5"] for r in done])} | '
-            f'{mean_std([r["mask_ratio"] for r in done], 3)} | {mean_std([r["pl_acc"] for r in done], 1)} | '
-            f'{done[0]["steps"]} | {mean_std([r["wall_s"] / 60 for r in done], 0)} min |')
+        lines.append('| ' + ' | '.join(head + [cell(done) for _, cell in columns[4:]]) + ' |')
     lines += ['', '**Paired differences** (same seed, same labeled images and initialization), test top-1 at the '
               'best-val checkpoint, mean ± sample std over seeds (n):', '',
               '| entry | − labeled-only | − MixMatch |', '|---|---|---|']
@@ -617,19 +662,55 @@ def get_args(argv=None):
     return args
 
 
+def earlier_runs(args):
+    """(entry, script, steps, wall_s) of every finished run on this kind of machine, under --runs-dir or archived,
+    of any preset."""
+    import glob
+    found, here = [], hardware()
+    for root in (args.runs_dir, os.path.join(args.results_dir, 'logs')):
+        for path in glob.glob(os.path.join(root, '*', '*', 's*', 'reproduce.json')):
+            info = run_state(os.path.dirname(path))
+            if info.get('done') and info.get('hardware') == here and info.get('wall_s'):
+                found.append((info['entry'], info['command'].split()[1].split('/')[0], info['steps'], info['wall_s']))
+    return found
+
+
+def plan(pairs, todo, args):
+    """What a call will do, printed before it starts: runs to do, runs reused, and hours estimated from the
+    earlier runs of the same entry (else of the same script) on this kind of machine, scaled by steps."""
+    earlier, steps = earlier_runs(args), schedule(args.preset)['steps']
+    total, unknown = 0.0, []
+    for entry, _ in todo:
+        same = [w * steps / s for e, _, s, w in earlier if e == entry] or \
+               [w * steps / s for _, sc, s, w in earlier if sc == ENTRIES[entry][0]]
+        if same:
+            total += statistics.median(same)
+        else:
+            unknown.append(entry)
+    reused = [p for p in pairs if p not in todo]
+    name = lambda ps: ', '.join(f'{e} s{s}' for e, s in ps) or 'none'
+    hours = (f'about {total / 3600:.1f} h of run time, {total / 3600 / min(args.jobs, max(len(todo), 1)):.1f} h '
+             f'of wall time at --jobs {args.jobs}' if todo else 'nothing to run')
+    print(f'plan: {len(todo)} of {len(pairs)} runs to do ({name(todo)}); reused, finished with the same command: '
+          f'{name(reused)}. Estimate on {hardware()}: {hours}'
+          + (f' (no earlier run here of {", ".join(dict.fromkeys(unknown))}: not counted)' if unknown else '')
+          + '.', flush=True)
+
+
 def main(args):
     os.chdir(REPO)  # the training scripts run from the repository: relative paths are relative to it
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     # seed-major, the longest runs first within a seed, so that seed 0 of every entry finishes first
     pairs = [(e, s) for s in seeds for e in sorted(args.entries, key=lambda e: '--labeled-only' in ENTRIES[e][1])]
     if args.dry_run:
+        plan(pairs, [(e, s) for e, s in pairs if not finished_dir(args, e, s)], args)
         for e, s in pairs:
             print('python ' + ' '.join(map(shlex.quote, command(e, s, args.preset, args.device, args.runs_dir))))
         return 0
     failed = []
     if not args.report:
         todo = [(e, s) for e, s in pairs if not finished_dir(args, e, s)]
-        print(f'{len(pairs) - len(todo)} of {len(pairs)} runs already done; running {len(todo)}', flush=True)
+        plan(pairs, todo, args)
         t0 = time.time()
         failed = run_all(todo, args)
         print(f'wall time {(time.time() - t0) / 3600:.2f} h', flush=True)

@@ -1,5 +1,6 @@
 """Check every released checkpoint: its sha256 against pretrained/manifest.json (and its file name), then its
-test top-1/top-5 as `python <method>/train.py --evaluate FILE --device cpu` prints them against the manifest.
+test top-1/top-5 as `python <method>/train.py --evaluate FILE --device cpu` (or --device cuda) prints them against the
+manifest.
 
     python etc/verify_pretrained.py                 # all of them (a few minutes on a 2-core CPU)
     python etc/verify_pretrained.py --only mixmatch # the files whose entry contains 'mixmatch'
@@ -39,6 +40,7 @@ def evaluate_file(path, method, device='cpu'):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--only', default=None, help='check only the files whose entry contains this text')
+    p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'), help='where --evaluate runs')
     p.add_argument('--tolerance', type=float, default=0.02, help='points of top-1/top-5 a number may differ by')
     args = p.parse_args(argv)
     if not os.path.exists(MANIFEST):
@@ -58,7 +60,7 @@ def main(argv=None):
         elif sha256(path) != r['sha256']:
             problems.append(f'sha256 {sha256(path)[:16]}... != manifest {r["sha256"][:16]}...')
         else:
-            top1, top5, output = evaluate_file(path, r['method'])
+            top1, top5, output = evaluate_file(path, r['method'], args.device)
             if top1 is None:
                 problems.append(f'--evaluate failed: {output.splitlines()[-1] if output else "no output"}')
             else:

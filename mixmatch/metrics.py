@@ -146,16 +146,18 @@ class Meter:
         self.t0 = time.perf_counter()
 
 
-def evaluate_and_log(eval_model, eval_sets, w, lambda_u, step, log, meta, batch_size):
-    """The EMA weights in fp32 on each evaluation set ({name: (images, labels)}) and one log record of them
-    with the training window's means w. Returns (record, the val (correct, count), or None without val)."""
+def evaluate_and_log(eval_model, eval_sets, w, lambda_u, step, log, meta, batch_size, wants_test):
+    """The EMA weights in fp32 on each evaluation set ({name: (images, labels)}, val first) and one log record
+    of them with the training window's means w; the test set only if wants_test(val top-1) (None without val),
+    its numbers None otherwise. Returns (record, the val (correct, count), or None without val)."""
     record = {'step': step, 'loss': w['loss'], 'loss_x': w['loss_x'], 'loss_u': w['loss_u'], 'lambda_u': lambda_u,
               'mask_ratio': w.get('mask_ratio'), 'threshold': w.get('threshold'),
               'pseudo_label_acc': 100.0 * w['pl_correct'] / w['pl_count'] if w.get('pl_count') else None,
               'confidence': w.get('confidence'), 'train_acc': w['train_acc']}
     val = None
     for name, (x, y) in eval_sets.items():
-        r = evaluate(eval_model, x, y, batch_size) if x is not None and len(x) else None
+        measured = x is not None and len(x) and (name != 'test' or wants_test(record.get('val_top1')))
+        r = evaluate(eval_model, x, y, batch_size) if measured else None
         record |= {f'{name}_top1': r and r['top1'], f'{name}_top5': r and r['top5'], f'{name}_loss': r and r['loss']}
         if name == 'val' and r is not None:
             val = (r['correct'], max(r['count'], 1))
@@ -165,8 +167,9 @@ def evaluate_and_log(eval_model, eval_sets, w, lambda_u, step, log, meta, batch_
     return record, val
 
 
-def print_summary(rt, model, progress, out):
-    """The end of a run: every process's parameter digest (equal under torchrun), then the best evaluation."""
+def print_summary(rt, model, progress, out, median):
+    """The end of a run: every process's parameter digest (equal under torchrun), then the best evaluation and,
+    where the test set was measured at every evaluation (median), the median of the last 20."""
     digest = hashlib.sha256(b''.join(p.detach().cpu().numpy().tobytes() for p in model.parameters())).hexdigest()
     print(f'rank {rt.rank}/{rt.world} parameters sha256 {digest[:16]}', flush=True)
     if not rt.is_main:
@@ -174,9 +177,11 @@ def print_summary(rt, model, progress, out):
     print(f'done: {progress.step} steps in {out}')
     if progress.best is not None and progress.history:
         med = [statistics.median(h[i] for h in progress.history) for i in (0, 1)]
+        last = progress.history[-1]
         print(f'best val top-1 {progress.best["val_top1"]:.2f} at step {progress.best["step"]}: test top-1 '
-              f'{progress.best["test_top1"]:.2f} top-5 {progress.best["test_top5"]:.2f}; median of last '
-              f'{len(progress.history)} evals: test top-1 {med[0]:.2f} top-5 {med[1]:.2f}')
+              f'{progress.best["test_top1"]:.2f} top-5 {progress.best["test_top5"]:.2f}; '
+              + (f'median of last {len(progress.history)} evals: test top-1 {med[0]:.2f} top-5 {med[1]:.2f}'
+                 if median else f'last step: test top-1 {last[0]:.2f} top-5 {last[1]:.2f}'))
 
 
 def evaluate_checkpoint(args, rt):

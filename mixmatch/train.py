@@ -273,8 +273,10 @@ def train(args, rt):
             w = meter.read()  # every process: the window's means are all-reduced
             if rt.is_main:
                 lambda_u = 0.0 if args.labeled_only else policy.lambda_u(step - 1)
+                wants_test = (lambda v: args.test_when == 'every-eval' or step == args.steps
+                              or progress.improves(v))  # the tables' test top-1 at best val, and the last one
                 record, val = metrics.evaluate_and_log(eval_model, eval_sets, w, lambda_u, step, log, meta,
-                                                       args.eval_batch_size)
+                                                       args.eval_batch_size, wants_test)
                 if progress.add(record):
                     checkpoint.save_best(run, eval_model, progress, args, METHOD, ds.classes, meta)
                 progress.val_acc = val or progress.val_acc
@@ -290,7 +292,7 @@ def train(args, rt):
             return
     log.close()
 
-    metrics.print_summary(rt, model, progress, run.out)
+    metrics.print_summary(rt, model, progress, run.out, args.test_when == 'every-eval')
 
 
 def main(args):

@@ -72,6 +72,31 @@ def test_resume_continues_from_the_saved_step_exactly(images, tmp_path, layout):
     assert [json.loads(x)['step'] for x in open(os.path.join(split, 'log.jsonl'))] == [2, 4, 6]
 
 
+@pytest.mark.parametrize('when', ['val-improves', 'every-eval'])
+def test_test_set_is_measured_when_val_improves_and_at_the_end(images, tmp_path, when):
+    """The default measures the test set only at a new best val top-1 and at the last step, so the test top-1 at
+    best val (best.pt, the tables) is the one every-eval would give; every-eval measures it each time."""
+    out = str(tmp_path / 'run')
+    r = run_script('mixmatch', *tiny_run_args(images, out, tmp_path / 'cache', steps=12), '--lr', '0.0001',
+                   '--test-when', when)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    best, tested = None, []
+    for rec in records:
+        improves = best is None or rec['val_top1'] > best
+        best = rec['val_top1'] if improves else best
+        tested.append(improves or rec['step'] == 12 or when == 'every-eval')
+    assert [rec['test_top1'] is not None for rec in records] == tested
+    if when == 'val-improves':
+        assert not all(tested), 'val top-1 of a nearly frozen model should stop improving'
+        assert 'last step: test top-1' in r.stdout and 'median' not in r.stdout
+    else:
+        assert 'median of last 6 evals' in r.stdout
+    first_best = next(rec for rec in records if rec['val_top1'] == max(x['val_top1'] for x in records))
+    saved = torch.load(os.path.join(out, 'best.pt'), weights_only=True)['metrics']
+    assert (saved['step'], saved['test_top1']) == (first_best['step'], first_best['test_top1'])
+
+
 def test_evaluate_reproduces_the_best_checkpoint_metrics(images, tmp_path):
     out = str(tmp_path / 'run')
     assert run_script('fixed', *tiny_run_args(images, out, tmp_path / 'cache')).returncode == 0
