@@ -6,7 +6,9 @@ per evaluation; archived there by etc/reproduce.py):
 - <preset>-figure1-losses.png: the paper's Figure 1, the unlabeled loss and the total loss per threshold policy
   (table 1's runs, MSE everywhere, so the scales compare), and the same for the CE runs of table 2;
 - <preset>-dynamics.png: mask ratio (share of unlabeled images kept), threshold in force, pseudo-label accuracy
-  of the kept images and validation top-1, over steps, for the entries of tables 1 and 2.
+  of the kept images and validation top-1, over steps, for the entries of tables 1 and 2;
+- <preset>-policies.png: mask ratio and pseudo-label accuracy over steps for every policy of the policy table
+  (etc/reproduce.py --table P) that has logs, one line per policy.
 
 Each point is the mean over the --eval-every steps before it; with several seeds the line is their mean and
 the band their range.
@@ -43,7 +45,7 @@ def load(logs_dir):
 COLORS = {e: f'C{i}' for i, e in enumerate(DYNAMICS)}  # one color per entry in every panel
 
 
-def curve(ax, runs, entry, key, label=None, scale=1.0):
+def curve(ax, runs, entry, key, label=None, scale=1.0, style=None):
     """Mean over seeds (and min-max band) of `key` against step; skips entries without the key."""
     seeds = [[(r['step'], r[key] * scale) for r in recs if r.get(key) is not None] for recs in runs.get(entry, [])]
     seeds = [s for s in seeds if s]
@@ -53,7 +55,8 @@ def curve(ax, runs, entry, key, label=None, scale=1.0):
     steps = [p[0] for p in seeds[0][:n]]
     values = [[s[i][1] for s in seeds] for i in range(n)]
     label = label or f'{entry} (n = {len(seeds)})'  # seeds averaged in this line
-    line, = ax.plot(steps, [sum(v) / len(v) for v in values], marker='.', label=label, color=COLORS[entry])
+    line, = ax.plot(steps, [sum(v) / len(v) for v in values], marker='.', label=label,
+                    **(style or {'color': COLORS[entry]}))
     if len(seeds) > 1:
         ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
 
@@ -110,7 +113,36 @@ def main(argv=None):
     fig.savefig(path2, dpi=90)
     plt.close(fig)
     print(f'wrote {path1}\nwrote {path2}')
+    path3 = policy_figure(runs, args, figures)
+    if path3:
+        print(f'wrote {path3}')
     return 0
+
+
+def policy_figure(runs, args, figures):
+    """Mask ratio and pseudo-label accuracy per policy of the policy table; None if fewer than two have logs."""
+    entries = [e for e, _ in reproduce.TABLES['P'][1] if e in runs and any(r.get('mask_ratio') is not None
+                                                                            for recs in runs[e] for r in recs)]
+    if len(entries) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True)
+    for i, e in enumerate(entries):  # 10 colours x 3 line styles tell up to 30 policies apart
+        style = {'color': f'C{i % 10}', 'linestyle': ('-', '--', ':')[i // 10]}
+        curve(axes[0], runs, e, 'mask_ratio', scale=100.0, style=style)
+        curve(axes[1], runs, e, 'pseudo_label_acc', style=style)
+    axes[0].set_title('mask ratio (% of guessed unlabeled images that train)')
+    axes[1].set_title('pseudo-label accuracy of the kept images (%)')
+    for ax in axes:
+        ax.set_xlabel('step')
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc='lower right', ncol=2)
+    fig.suptitle(f'Every policy on Fashion-MNIST, 250 labels ({args.preset} preset; n seeds per line; at 1,024 '
+                 'steps the unlabeled set is seen about once: early progress)', fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(figures, f'{args.preset}-policies.png')
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 if __name__ == '__main__':

@@ -451,7 +451,8 @@ def write_table(table, seeds, args, results):
         rs = [results.get((entry, seed)) for seed in seeds]
         done = [r for r in rs if r]
         session, what = ENTRIES[entry][3], describe(entry, args.preset)
-        head = [f'{entry}: {what}', session, str(paper or '—'), str(len(done))]
+        n = f'{len(done)}{" (one seed: not evidence)" if table == "P" and len(done) == 1 else ""}'
+        head = [f'{entry}: {what}', session, str(paper or '—'), n]
         if not done:
             lines.append('| ' + ' | '.join(head + ['not run'] + [''] * (len(columns) - 5)) + ' |')
             continue

@@ -64,7 +64,7 @@ def fake_run(root, entry, seed, val, test, done=True, preset='quick'):
     os.makedirs(out)
     with open(os.path.join(out, 'log.jsonl'), 'w') as f:
         for i, (v, t) in enumerate(zip(val, test)):
-            f.write(json.dumps({'step': 128 * (i + 1), 'val_top1': v, 'test_top1': t, 'test_top5': t + 10,
+            f.write(json.dumps({'step': 128 * (i + 1), 'val_top1': v, 'test_top1': t, 'test_top5': None if t is None else t + 10,
                                 'mask_ratio': 0.5, 'pseudo_label_acc': 90.0, 'device': 'cpu (2 threads)',
                                 'amp': 'bf16'}) + '\n')
     cmd = 'python ' + ' '.join(reproduce.command(entry, seed, preset, 'cpu', str(root)))
@@ -148,9 +148,9 @@ def test_unknown_entry_is_one_line_and_exit_2():
         '(choose from labeled-only, mixmatch, mixmatch-75, fixed-0.8, adaptive-mse)']
 
 
-def test_plot_draws_both_figures_from_the_copied_logs(tmp_path):
+def test_plot_draws_the_figures_from_the_copied_logs(tmp_path):
     import plot
-    for entry in ('labeled-only', 'mixmatch', 'adaptive-mse'):
+    for entry in ('labeled-only', 'mixmatch', 'adaptive-mse', 'flexmatch'):
         for seed in (0, 1):
             logs = tmp_path / 'logs' / 'quick' / entry / f's{seed}'
             logs.mkdir(parents=True)
@@ -159,7 +159,7 @@ def test_plot_draws_both_figures_from_the_copied_logs(tmp_path):
                     f.write(json.dumps({'step': step, 'loss': 1.0, 'loss_u': 0.01, 'mask_ratio': 0.5, 'threshold': 0.6,
                                         'pseudo_label_acc': 80.0 + seed, 'val_top1': 70.0 + step / 128}) + '\n')
     assert plot.main(['--preset', 'quick', '--results-dir', str(tmp_path)]) == 0
-    for name in ('quick-figure1-losses.png', 'quick-dynamics.png'):
+    for name in ('quick-figure1-losses.png', 'quick-dynamics.png', 'quick-policies.png'):
         with open(tmp_path / 'figures' / name, 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     assert plot.main(['--preset', 'full', '--results-dir', str(tmp_path)]) == 2  # no logs of that preset
@@ -174,3 +174,34 @@ def test_median_covers_the_last_20_evaluations_and_other_presets_do_not_count(tm
     # a finished run of the quick preset is not a finished run of medium, even in the same folder
     assert not reproduce.is_done(reproduce.run_dir(str(runs), 'quick', 'mixmatch', 0),
                                  reproduce.command('mixmatch', 0, 'medium', 'auto', str(runs)))
+
+
+def test_median_only_where_every_evaluation_measured_the_test_set_and_the_policy_table_adds_step_costs(
+        tmp_path, monkeypatch):
+    """The quick and medium presets measure the test set when val improves: their tables have no median
+    column; the policy table adds images guessed and ms per step."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / 'runs'
+    fake_run(runs, 'labeled-only', 0, [50, 60, 55], [51, 61, None])  # val fell at the last evaluation
+    fake_run(runs, 'mixmatch', 0, [50, 60, 70], [51, 61, 71])
+    fake_run(runs, 'warm-start', 0, [50, 60, 70], [51, 61, 71])
+    for entry, guessed in (('mixmatch', None), ('warm-start', [64, 192, 128])):
+        path = os.path.join(reproduce.run_dir(str(runs), 'quick', entry, 0), 'log.jsonl')
+        records = [json.loads(x) for x in open(path)]
+        with open(path, 'w') as f:
+            for i, r in enumerate(records):
+                r['ms_per_step'] = 400.0 + 10 * i
+                if guessed:
+                    r['policy_guessed'] = guessed[i]
+                f.write(json.dumps(r) + '\n')
+    args = reproduce.get_args(['--table', 'P', '--runs-dir', str(runs), '--results-dir', str(tmp_path / 'results'),
+                               '--report'])
+    assert reproduce.main(args) == 0
+    text = open(tmp_path / 'results' / 'quick' / 'tableP.md').read()
+    assert 'median of last evals |' not in text
+    assert '| unlabeled guessed / step | ms / step |' in text
+    assert ('| labeled-only: labeled only (MixMatch\'s step without unlabeled images) | — | — | 1 (one seed: not '
+            'evidence) | 61.00 |') in text
+    assert '| 0 | — |' in text  # labeled-only guesses none; its log has no step time
+    assert '| 64 | 410 |' in text and '| 128 | 410 |' in text  # a batch per step; warm-start's logged mean
+    assert reproduce.summarize(reproduce.run_dir(str(runs), 'quick', 'mixmatch', 0))['tested_every']
