@@ -558,21 +558,26 @@ def delta(results, entry, base, seeds):
 
 
 def readme_block(args, seeds):
-    """The README's one results table: every entry of every table at every preset that has finished runs."""
+    """The README's one results table: every entry of the paper's tables at every faithful preset that has
+    finished runs (the -v1 presets only while no faithful preset has any; the policy table and the presets not
+    shown are linked below it)."""
     released = released_checkpoints()
     lines = ['<!-- results: begin (written by `python etc/reproduce.py --seeds 3 --report --readme`; edit the '
              'script, not this block) -->',
              '| paper entry | session | paper top-1 | our command | ours: test top-1 (n, preset) | Δ vs MixMatch | '
              'Δ vs labeled-only | checkpoint |', '|---|---|---|---|---|---|---|---|']
-    entries = list(dict.fromkeys(e for t in TABLES.values() for e, _ in t[1]))
-    papers = {e: p for t in TABLES.values() for e, p in t[1]}
-    tables = {e: ', '.join(f'T{t}' if t.isdigit() else 'policies' for t, (_, rows) in TABLES.items() if e in dict(rows))
-              for e in entries}
-    per_preset = {}
+    paper_tables = {t: v for t, v in TABLES.items() if t.isdigit()}
+    entries = list(dict.fromkeys(e for t in paper_tables.values() for e, _ in t[1]))
+    papers = {e: p for t in paper_tables.values() for e, p in t[1]}
+    tables = {e: ', '.join(f'T{t}' for t, (_, rows) in paper_tables.items() if e in dict(rows)) for e in entries}
+    found = {}
     for preset in PRESETS:
         a = argparse.Namespace(**{**vars(args), 'preset': preset})
-        per_preset[preset] = {(e, sd): summarize(out) for e in entries for sd in seeds
-                              if in_setup(e, preset) and (out := finished_dir(a, e, sd))}
+        found[preset] = {(e, sd): summarize(out) for e in entries for sd in seeds
+                         if in_setup(e, preset) and (out := finished_dir(a, e, sd))}
+    faithful = [p for p in PRESETS if PRESETS[p]['setup'] == 'faithful' and found[p]]
+    per_preset = {p: found[p] for p in (faithful or [p for p in PRESETS if found[p]])}
+    hidden = [p for p in PRESETS if found[p] and p not in per_preset]
     for entry in entries:
         _, _, labels, session, _ = ENTRIES[entry]
         base_lo, base_mm = ('labeled-only', 'mixmatch') if labels == LABELS else ('labeled-only-few', 'mixmatch-few')
@@ -586,6 +591,11 @@ def readme_block(args, seeds):
                          f'`{method_command(entry, preset)}` | **{mean_std([r["best_top1"] for r in done])}** '
                          f'({len(done)}, {preset}) | {delta(results, entry, base_mm, seeds)} | '
                          f'{delta(results, entry, base_lo, seeds)} | {checkpoint} |')
+    links = [f'[{p}](etc/results/{p}/README.md)' for p in hidden]
+    links += [f'[policy table, {p}](etc/results/{p}/tableP.md)' for p in per_preset
+              if os.path.exists(os.path.join(args.results_dir, p, 'tableP.md'))]
+    if links:
+        lines += ['', 'Also measured: ' + ', '.join(links) + '.']
     lines.append('<!-- results: end -->')
     return '\n'.join(lines)
 

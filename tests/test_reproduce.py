@@ -115,6 +115,7 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     fake_run(runs, 'labeled-only-few', 0, [50, 55, 40], [53, 56, 41], preset='medium')
     monkeypatch.setattr(reproduce, 'released_checkpoints', lambda: {
         ('mixmatch-few', 'quick'): {'file': 'mixmatch-few-quick-s0-0123abcd.pt', 'sha256': '0123abcd' * 8}})
+    fake_run(runs, 'mixmatch-few', 0, [70, 75, 80], [71, 76, 99], preset='quick-v1')  # linked, not a row
     readme = tmp_path / 'README.md'
     readme.write_text('intro\n<!-- results: begin -->\nold\n<!-- results: end -->\nrest\n')
     reproduce.write_readme(args, [0, 1], str(readme))
@@ -131,6 +132,7 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
         '[mixmatch-few-quick-s0-0123abcd](pretrained/mixmatch-few-quick-s0-0123abcd.pt) |',
         '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
         '**85.00** (1, medium) |  | +29.00 (1) | — |']
+    assert 'Also measured: [quick-v1](etc/results/quick-v1/README.md).' in text and '99.00' not in text
 
 
 def test_cpu_threads_split_the_cores_and_the_last_lone_run_gets_them_all():
