@@ -220,7 +220,7 @@ def test_a_policys_own_values_reach_the_log():
 
     log = Log()
     window = {'loss': 1.0, 'loss_x': 1.0, 'loss_u': 0.0, 'train_acc': 50.0, 'ms_per_step': 3.0, 'policy_guessed': 16.0}
-    record, val = metrics.evaluate_and_log(None, {}, window, 1.0, 10, log, {'amp': 'off'}, 100)
+    record, val = metrics.evaluate_and_log(None, {}, window, 1.0, 10, log, {'amp': 'off'}, 100, lambda v: True)
     assert log.record['policy_guessed'] == 16.0 and log.record['amp'] == 'off' and val is None
 
 
