@@ -17,7 +17,9 @@ Presets set the length and scale the schedule flags with --steps by one rule for
     19 of 300 epochs; steps / 4 in the v1 presets)
 The test set is measured when val top-1 improves and at the end (the tables' test top-1 at best val); the full
 preset measures it at every evaluation for the median of the last 20 (--test-when every-eval). Before it
-starts, a call prints its plan: runs to do, runs reused, and hours estimated from earlier runs here.
+starts, a call prints its plan: runs to do, runs reused, and hours estimated from earlier runs here. A table
+keeps one precision: a call stops if its runs so far trained at another precision than this machine's
+--amp auto would give (bf16 runs are not continued in fp32 on a CPU without bf16 kernels); --amp chooses.
 """
 import argparse
 import json
@@ -169,7 +171,7 @@ def describe(entry, preset):
     return (V1_WHAT.get(entry) if PRESETS[preset]['setup'] == 'v1' else None) or ENTRIES[entry][4]
 
 
-def command(entry, seed, preset, device, runs_dir):
+def command(entry, seed, preset, device, runs_dir, amp='auto'):
     """The exact training command of one table entry and seed (list of arguments, without the interpreter)."""
     script, flags, labels, _, _ = ENTRIES[entry]
     s = schedule(preset)
@@ -178,7 +180,7 @@ def command(entry, seed, preset, device, runs_dir):
            *s['test_when']]
     if (script == 'mixmatch' and '--labeled-only' not in flags) or entry in RAMPED:
         cmd += s['rampup']
-    cmd += ['--seed', str(seed), '--split-seed', str(seed), '--device', device,
+    cmd += ['--seed', str(seed), '--split-seed', str(seed), '--device', device, *(['--amp', amp] if amp != 'auto' else []),
             '--out', run_dir(runs_dir, preset, entry, seed), '--resume', 'auto']
     return cmd
 
@@ -227,8 +229,9 @@ def write_state(out, info):
 
 
 def without_device(cmd):
-    """A command line without its --device value: the same run whichever device it ran on."""
-    return re.sub(r' --device \S+', '', cmd)
+    """A command line without its --device and --amp values: the same run wherever it ran (the precision each
+    run had is in its log, and one call keeps a table at one precision: check_precision)."""
+    return re.sub(r' --(device|amp) \S+', '', cmd)
 
 
 def is_done(out, cmd):
@@ -245,7 +248,7 @@ def kept_time(out, since):
 
 def launch(entry, seed, args, threads):
     out = run_dir(args.runs_dir, args.preset, entry, seed)
-    cmd = command(entry, seed, args.preset, args.device, args.runs_dir)
+    cmd = command(entry, seed, args.preset, args.device, args.runs_dir, args.amp)
     os.makedirs(out, exist_ok=True)
     info = run_state(out)
     if 'segment_start' in info:  # a call that was killed: count the time up to the checkpoint it resumes from
@@ -645,6 +648,8 @@ def get_args(argv=None):
     p.add_argument('--entries', default=None,
                    help=f'comma-separated subset of the tables\' entries to run ({", ".join(ENTRIES)})')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='passed to the training scripts')
+    p.add_argument('--amp', default='auto', choices=('auto', 'bf16', 'fp16', 'off'),
+                   help='passed to the training scripts; auto: what they decide here (one precision per table)')
     p.add_argument('--jobs', type=int, default=1,
                    help='runs at a time; on the CPU each gets cores/jobs threads, and the last runs share the cores '
                         'the finished ones leave (2 on a 2-core CPU: ~8%% more throughput than 1, with each run half '
@@ -686,6 +691,37 @@ def earlier_runs(args):
     return found
 
 
+def machine_precision(device, amp):
+    """The precision the scripts train at on this machine: --amp as given, or what their --amp auto decides."""
+    if amp != 'auto':
+        return amp
+    import torch
+    sys.path.insert(0, os.path.join(REPO, 'adaptive'))
+    from runtime import bf16_unusable
+    where = 'cuda' if device == 'cuda' or (device == 'auto' and torch.cuda.is_available()) else 'cpu'
+    return 'off' if bf16_unusable(where) else 'bf16'
+
+
+def check_precision(pairs, args):
+    """One table, one precision: the runs of this call that finished or started elsewhere must have trained at
+    the precision this machine would use, or the call stops (--amp chooses it explicitly)."""
+    here = machine_precision(args.device, args.amp)
+    seen = {}
+    for entry, seed in pairs:
+        for out in (run_dir(args.runs_dir, args.preset, entry, seed), archive_dir(args, entry, seed)):
+            amps = {r.get('amp') for r in read_log(os.path.join(out, 'log.jsonl'))} - {None}
+            if amps:
+                seen.setdefault(tuple(sorted(amps)), []).append(f'{entry} s{seed}')
+                break
+    other = {a: runs for a, runs in seen.items() if a != (here,)}
+    if other:
+        amps, runs = next(iter(other.items()))
+        raise UsageError(f'{", ".join(runs[:3])}{" ..." if len(runs) > 3 else ""} trained at --amp {"/".join(amps)}, '
+                         f'this machine would train at {here}: pass --amp {amps[0]} to keep the table at one '
+                         'precision, or another --runs-dir and --results-dir for a new one')
+    return here
+
+
 def plan(pairs, todo, args):
     """What a call will do, printed before it starts: runs to do, runs reused, and hours estimated from the
     earlier runs of the same entry (else of the same script) on this kind of machine, scaled by steps."""
@@ -716,12 +752,15 @@ def main(args):
     if args.dry_run:
         plan(pairs, [(e, s) for e, s in pairs if not finished_dir(args, e, s)], args)
         for e, s in pairs:
-            print('python ' + ' '.join(map(shlex.quote, command(e, s, args.preset, args.device, args.runs_dir))))
+            print('python ' + ' '.join(map(shlex.quote, command(e, s, args.preset, args.device, args.runs_dir,
+                                                                args.amp))))
         return 0
     failed = []
     if not args.report:
         todo = [(e, s) for e, s in pairs if not finished_dir(args, e, s)]
+        precision = check_precision(pairs, args)
         plan(pairs, todo, args)
+        print(f'precision: {precision} (every run of this call)', flush=True)
         t0 = time.time()
         failed = run_all(todo, args)
         print(f'wall time {(time.time() - t0) / 3600:.2f} h', flush=True)

@@ -207,3 +207,23 @@ def test_median_only_where_every_evaluation_measured_the_test_set_and_the_policy
     assert '| 0 | — |' in text  # labeled-only guesses none; its log has no step time
     assert '| 64 | 410 |' in text and '| 128 | 410 |' in text  # a batch per step; warm-start's logged mean
     assert reproduce.summarize(reproduce.run_dir(str(runs), 'quick', 'mixmatch', 0))['tested_every']
+
+
+def test_a_table_stays_at_one_precision(tmp_path, monkeypatch):
+    """Runs that trained in bf16 are not continued or joined in fp32 on a CPU without bf16 kernels: the call
+    stops before starting anything, and --amp bf16 (passed to the scripts) keeps the table at one precision."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / 'runs'
+    fake_run(runs, 'labeled-only-few', 0, [50, 60], [51, 61])  # its log says amp bf16
+    argv = ['--table', '3', '--runs-dir', str(runs), '--results-dir', str(tmp_path / 'results')]
+    monkeypatch.setattr(reproduce, 'machine_precision', lambda device, amp: 'off' if amp == 'auto' else amp)
+    monkeypatch.setattr(reproduce, 'run_all', lambda todo, args: pytest.fail('started runs'))
+    with pytest.raises(reproduce.UsageError, match=r'labeled-only-few s0 trained at --amp bf16, this machine would '
+                                                   r'train at off: pass --amp bf16'):
+        reproduce.main(reproduce.get_args(argv))
+    started = []
+    monkeypatch.setattr(reproduce, 'run_all', lambda todo, args: started.extend(
+        reproduce.command(e, s, args.preset, args.device, args.runs_dir, args.amp) for e, s in todo) or [])
+    assert reproduce.main(reproduce.get_args(argv + ['--amp', 'bf16'])) == 0
+    assert [c[c.index('--amp') + 1] for c in started] == ['bf16', 'bf16']  # the two runs left, in bf16
+    assert reproduce.finished_dir(reproduce.get_args(argv + ['--amp', 'bf16']), 'labeled-only-few', 0)
