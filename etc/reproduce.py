@@ -62,6 +62,7 @@ def paper_mse_weight(lambda_u):
 
 MSE = paper_mse_weight(150)
 CE1 = ['--min-th', '0.5', '--lambda-u', '1', '--loss', 'ce']
+M75 = 'mixmatch-75'  # MixMatch at its own lambda_u: a second baseline where a table has it
 # entry: (script, method flags, labels, original session, what it is); flags of the faithful setup
 ENTRIES = {
     'labeled-only': ('mixmatch', ['--labeled-only'], LABELS, '—',
@@ -464,18 +465,19 @@ def write_table(table, seeds, args, results):
         lines.append('| ' + ' | '.join(head + [cell(done) for _, cell in columns[4:]]) + ' |')
     lines += ['', '**Paired differences** (same seed, same labeled images and initialization), test top-1 at the '
               'best-val checkpoint, mean ± sample std over seeds (n):', '',
-              '| entry | − labeled-only | − MixMatch |', '|---|---|---|']
-    base_lo, base_mm = rows[0][0], rows[1][0]
+              '| entry | − labeled-only | − MixMatch |' + (' − MixMatch λu 75 |' if M75 in dict(rows) else ''),
+              '|---|---|---|' + ('---|' if M75 in dict(rows) else '')]
+    bases = [rows[0][0], rows[1][0]] + ([M75] if M75 in dict(rows) else [])
     for entry, _ in rows[1:]:
         cells = []
-        for base in (base_lo, base_mm):
+        for base in bases:
             if entry == base:
                 cells.append('')
                 continue
             d = paired(results, entry, base, seeds)
             per_seed = f'; per seed {", ".join(signed_number(x) for x in d)}' if len(d) > 1 else ''
             cells.append(f'{mean_std(d, signed=True)} ({len(d)}{per_seed})' if d else '—')
-        lines.append(f'| {entry} | {cells[0]} | {cells[1]} |')
+        lines.append(f'| {entry} | ' + ' | '.join(cells) + ' |')
     if len(seeds) > 1:  # the numbers the differences come from
         lines += ['', 'Test top-1 at the best-val checkpoint, per seed:', '',
                   '| seed | ' + ' | '.join(e for e, _ in rows) + ' |', '|---|' + '---|' * len(rows)]
@@ -524,8 +526,10 @@ def preset_summary(args, seeds, results):
         lines += [f'**{title}** ([per run](table{t}.md))', '']
         if any(results.get((e, sd)) for e, _ in rows for sd in seeds):
             lines += ['| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | '
-                      'Δ vs labeled-only | Δ vs MixMatch | checkpoint | sha256 |', '|---|---|---|---|---|---|---|---|---|']
-        base_lo, base_mm = rows[0][0], rows[1][0]
+                      'Δ vs labeled-only | Δ vs MixMatch |' + (' Δ vs MixMatch λu 75 |' if M75 in dict(rows) else '')
+                      + ' checkpoint | sha256 |', '|---|---|---|---|---|---|---|' + ('---|' if M75 in dict(rows) else '')
+                      + '---|---|']
+        bases = [rows[0][0], rows[1][0]] + ([M75] if M75 in dict(rows) else [])
         missing = []
         for entry, paper in rows:
             done = [results[(entry, sd)] for sd in seeds if results.get((entry, sd))]
@@ -535,12 +539,12 @@ def preset_summary(args, seeds, results):
                 continue
             score = (f'{mean_std([r["best_top1"] for r in done])} / {mean_std([r["best_top5"] for r in done])} '
                      f'({len(done)})')
-            deltas = [delta(results, entry, base, seeds) for base in (base_lo, base_mm)]
+            deltas = [delta(results, entry, base, seeds) for base in bases]
             ck = released.get((entry, args.preset))
             checkpoint = (f'[{ck["file"]}](../../../pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…`' if ck
                           else '— | —')
             lines.append(f'| {what} | {session} | {paper or "—"} | `{method_command(entry, args.preset)}` | {score} | '
-                         f'{deltas[0]} | {deltas[1]} | {checkpoint} |')
+                         + ' | '.join(deltas) + f' | {checkpoint} |')
         lines += ['', f'Not run at this preset: {", ".join(missing)}.', ''] if missing else ['']
     return '\n'.join(lines).rstrip() + '\n'
 
@@ -568,7 +572,7 @@ def readme_block(args, seeds):
     lines = ['<!-- results: begin (written by `python etc/reproduce.py --seeds 3 --report --readme`; edit the '
              'script, not this block) -->',
              '| paper entry | session | paper top-1 | our command | ours: test top-1 (n, preset) | Δ vs MixMatch | '
-             'Δ vs labeled-only | checkpoint |', '|---|---|---|---|---|---|---|---|']
+             'Δ vs MixMatch λu 75 | Δ vs labeled-only | checkpoint |', '|---|---|---|---|---|---|---|---|---|']
     paper_tables = {t: v for t, v in TABLES.items() if t.isdigit()}
     entries = list(dict.fromkeys(e for t in paper_tables.values() for e, _ in t[1]))
     papers = {e: p for t in paper_tables.values() for e, p in t[1]}
@@ -593,6 +597,7 @@ def readme_block(args, seeds):
             lines.append(f'| {tables[entry]}: {describe(entry, preset)} | {session} | {papers[entry] or "—"} | '
                          f'`{method_command(entry, preset)}` | **{mean_std([r["best_top1"] for r in done])}** '
                          f'({len(done)}, {preset}) | {delta(results, entry, base_mm, seeds)} | '
+                         f'{delta(results, entry, M75, seeds) if labels == LABELS else ""} | '
                          f'{delta(results, entry, base_lo, seeds)} | {checkpoint} |')
     links = [f'[{p}](etc/results/{p}/README.md)' for p in hidden]
     links += [f'[policy table, {p}](etc/results/{p}/tableP.md)' for p in per_preset

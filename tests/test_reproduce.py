@@ -124,14 +124,14 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     rows = [line for line in text.splitlines() if line.startswith('| T3')]
     assert rows == [
         '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
-        '**58.50 ± 3.54** (2, quick) | −21.50 ± 2.12 (2) |  | — |',
+        '**58.50 ± 3.54** (2, quick) | −21.50 ± 2.12 (2) |  |  | — |',
         '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
-        '**56.00** (1, medium) | −29.00 (1) |  | — |',
+        '**56.00** (1, medium) | −29.00 (1) |  |  | — |',
         '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
-        '**80.00 ± 1.41** (2, quick) |  | +21.50 ± 2.12 (2) | '
+        '**80.00 ± 1.41** (2, quick) |  |  | +21.50 ± 2.12 (2) | '
         '[mixmatch-few-quick-s0-0123abcd](pretrained/mixmatch-few-quick-s0-0123abcd.pt) |',
         '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
-        '**85.00** (1, medium) |  | +29.00 (1) | — |']
+        '**85.00** (1, medium) |  |  | +29.00 (1) | — |']
     assert 'Also measured: [quick-v1](etc/results/quick-v1/README.md).' in text and '99.00' not in text
 
 
