@@ -7,7 +7,7 @@
   3. the headline entries (labeled-only, MixMatch at the paper's weight and at lambda_u 75, adaptive CE), seed 0
      of the medium preset, run at the same time on the one GPU, and their table.
 
-    python etc/gpu_check.py                      # about 5 minutes on one H100/H200
+    python etc/gpu_check.py                      # meant to take 5 minutes or less on one H100/H200
     python etc/gpu_check.py --out runs/gpu-check # where the runs, bench JSON and table go (the default)
 
 The runs go to --out, not to etc/results: the committed tables stay those of their own command. The full
