@@ -684,15 +684,17 @@ def get_args(argv=None):
 
 
 def earlier_runs(args):
-    """(entry, script, steps, wall_s) of every finished run on this kind of machine, under --runs-dir or archived,
-    of any preset."""
+    """(entry, script, steps, wall_s, setup) of the finished runs on this kind of machine, under --runs-dir or
+    archived, of any preset."""
     import glob
     found, here = [], hardware()
     for root in (args.runs_dir, os.path.join(args.results_dir, 'logs')):
         for path in glob.glob(os.path.join(root, '*', '*', 's*', 'reproduce.json')):
             info = run_state(os.path.dirname(path))
-            if info.get('done') and info.get('hardware') == here and info.get('wall_s'):
-                found.append((info['entry'], info['command'].split()[1].split('/')[0], info['steps'], info['wall_s']))
+            preset = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+            if info.get('done') and info.get('hardware') == here and info.get('wall_s') and preset in PRESETS:
+                found.append((info['entry'], info['command'].split()[1].split('/')[0], info['steps'], info['wall_s'],
+                              PRESETS[preset]['setup']))
     return found
 
 
@@ -732,9 +734,14 @@ def plan(pairs, todo, args):
     earlier runs of the same entry (else of the same script) on this kind of machine, scaled by steps."""
     earlier, steps = earlier_runs(args), schedule(args.preset)['steps']
     total, unknown = 0.0, []
+    setup = PRESETS[args.preset]['setup']  # the same setup first: the v1 runs evaluated more often
     for entry, _ in todo:
-        same = [w * steps / s for e, _, s, w in earlier if e == entry] or \
-               [w * steps / s for _, sc, s, w in earlier if sc == ENTRIES[entry][0]]
+        script = ENTRIES[entry][0]
+        same = next((found for found in (
+            [w * steps / s for e, _, s, w, st in earlier if e == entry and st == setup],
+            [w * steps / s for _, sc, s, w, st in earlier if sc == script and st == setup],
+            [w * steps / s for e, _, s, w, _ in earlier if e == entry],
+            [w * steps / s for _, sc, s, w, _ in earlier if sc == script]) if found), None)
         if same:
             total += statistics.median(same)
         else:
