@@ -86,12 +86,8 @@ def main(argv=None):
         axes[0][col].legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle(f'Figure 1 on Fashion-MNIST, 250 labels ({args.preset} preset, up to {n_seeds} seed(s)); '
-                 'window means per evaluation interval', fontsize=10)
-    fig.tight_layout()
-    path1 = os.path.join(figures, f'{args.preset}-figure1-losses.png')
-    fig.savefig(path1, dpi=90)
-    plt.close(fig)
+    path1 = save(fig, f'Figure 1 on Fashion-MNIST, 250 labels ({args.preset} preset, up to {n_seeds} seed(s)); '
+                      'window means per evaluation interval', os.path.join(figures, f'{args.preset}-figure1-losses.png'))
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     panels = (('mask_ratio', 'mask ratio (share of unlabeled images kept)', 100.0),
@@ -106,12 +102,8 @@ def main(argv=None):
     axes[1][1].legend(fontsize=8)  # the val panel has every entry, labeled-only included
     for ax in axes[1]:
         ax.set_xlabel('step')
-    fig.suptitle(f'Training dynamics on Fashion-MNIST, 250 labels ({args.preset} preset, up to {n_seeds} seed(s))',
-                 fontsize=10)
-    fig.tight_layout()
-    path2 = os.path.join(figures, f'{args.preset}-dynamics.png')
-    fig.savefig(path2, dpi=90)
-    plt.close(fig)
+    path2 = save(fig, f'Training dynamics on Fashion-MNIST, 250 labels ({args.preset} preset, up to {n_seeds} '
+                      'seed(s))', os.path.join(figures, f'{args.preset}-dynamics.png'))
     print(f'wrote {path1}\nwrote {path2}')
     path3 = policy_figure(runs, args, figures)
     if path3:
@@ -136,10 +128,15 @@ def policy_figure(runs, args, figures):
         ax.set_xlabel('step')
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc='lower right', ncol=2)
-    fig.suptitle(f'Every policy on Fashion-MNIST, 250 labels ({args.preset} preset; n seeds per line; at 1,024 '
-                 'steps the unlabeled set is seen about once: early progress)', fontsize=10)
+    return save(fig, f'Every policy on Fashion-MNIST, 250 labels ({args.preset} preset; n seeds per line; at 1,024 '
+                     'steps the unlabeled set is seen about once: early progress)',
+                os.path.join(figures, f'{args.preset}-policies.png'))
+
+
+def save(fig, title, path):
+    """Title, layout, PNG; returns the path."""
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = os.path.join(figures, f'{args.preset}-policies.png')
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
