@@ -440,8 +440,9 @@ def write_table(table, seeds, args, results):
     lines = [f'# {title}', '',
              f'Preset `{args.preset}`: {s["steps"]} steps, an evaluation every {s["eval_every"]} steps '
              f'({s["evals"]} in all), `--acc-window {s["acc_window"]}`, MixMatch `{" ".join(s["rampup"])}`, '
-             f'`--n-val {s["n_val"]}`; seeds {", ".join(map(str, seeds))} asked (`--seed i --split-seed i`), n per '
-             'row finished. Fashion-MNIST, WRN-28-2, test set of 10,000 images, fp32 evaluation of the EMA weights. '
+             f'`--n-val {s["n_val"]}`; seeds {", ".join(map(str, seeds))} (asked, or run by an earlier call; '
+             '`--seed i --split-seed i`), n per row finished. Fashion-MNIST, WRN-28-2, test set of 10,000 images, '
+             'fp32 evaluation of the EMA weights. '
              'Mean ± sample standard deviation (n − 1) over seeds. Median (only where the test set was measured at '
              'every evaluation, `--test-when every-eval`): over the last 20 evaluations, or all of them when the '
              'preset has fewer.' + (P_NOTE if table == 'P' else ''), '',
@@ -521,8 +522,10 @@ def preset_summary(args, seeds, results):
              'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in '
              'top-1 (row minus column). Checkpoint: seed 0\'s, with the numbers its file gives in '
              '[pretrained/README.md](../../../pretrained/README.md).', '']
-    for t in args.tables:
+    for t in TABLES:
         title, rows = table_rows(t, args.preset)
+        if not any(results.get((e, sd)) for e, _ in rows for sd in seeds):
+            continue  # a table with no finished run of this preset
         lines += [f'**{title}** ([per run](table{t}.md))', '']
         if any(results.get((e, sd)) for e, _ in rows for sd in seeds):
             lines += ['| entry | session | paper top-1 (NAVER) | our command | our top-1 / top-5 (n) | '
@@ -640,6 +643,19 @@ def finished_dir(args, entry, seed):
         if is_done(out, cmd):
             return out
     return None
+
+
+def seeds_found(args):
+    """The seeds of this preset's runs under --runs-dir or archived, finished or not (the tables count the
+    finished ones)."""
+    import glob
+    found = set()
+    for root in (args.runs_dir, os.path.join(args.results_dir, 'logs')):
+        for path in glob.glob(os.path.join(root, args.preset, '*', 's*', 'reproduce.json')):
+            m = re.fullmatch(r's(\d+)', os.path.basename(os.path.dirname(path)))
+            if m:
+                found.add(int(m.group(1)))
+    return found
 
 
 def get_args(argv=None):
@@ -777,14 +793,18 @@ def main(args):
         failed = run_all(todo, args)
         print(f'wall time {(time.time() - t0) / 3600:.2f} h', flush=True)
     archive([p for p in pairs if finished_dir(args, *p) == run_dir(args.runs_dir, args.preset, *p)], args)
+    # every table and the summary list the seeds asked for and every seed finished by earlier calls, so that a
+    # call adding one seed of some entries (or one table) does not hide the other runs of the preset
+    seeds = sorted(set(seeds) | seeds_found(args))
     all_results = {}
-    for t in args.tables:  # a table lists every seed asked for; entries not run (or not finished) say so
+    for t in TABLES:  # entries not run (or not finished) say so
         for e, _ in table_rows(t, args.preset)[1]:
             for s in seeds:
                 out = finished_dir(args, e, s)
                 r = out and summarize(out)
                 if r:
                     all_results[(e, s)] = r
+    for t in args.tables:
         print(f'wrote {write_table(t, seeds, args, all_results)}')
     summary = os.path.join(args.results_dir, args.preset, 'README.md')
     with open(summary, 'w') as f:

@@ -90,7 +90,7 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert '| mixmatch-few: MixMatch, few labels | 478 | 59.58 | 2 | 80.00 ± 1.41 |' in text
     assert '| adaptive-ce-1-few: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | 0 | not run |' in text
     assert '| mixmatch-few | +21.50 ± 2.12 (2; per seed +20.00, +23.00) |  |' in text  # 81-61, 79-56
-    assert 'seeds 0, 1 asked' in text and 'sample standard deviation (n − 1)' in text
+    assert 'seeds 0, 1 (asked, or run by an earlier call' in text and 'sample standard deviation (n − 1)' in text
     assert reproduce.mean_std([-1.456], signed=True) == '\u22121.46'  # the typographic minus of the README
     assert reproduce.mean_std([1, 3], signed=True) == '+2.00 ± 1.41'
     assert '| seed | labeled-only-few | mixmatch-few | adaptive-ce-1-few |' in text
@@ -227,3 +227,23 @@ def test_a_table_stays_at_one_precision(tmp_path, monkeypatch):
     assert reproduce.main(reproduce.get_args(argv + ['--amp', 'bf16'])) == 0
     assert [c[c.index('--amp') + 1] for c in started] == ['bf16', 'bf16']  # the two runs left, in bf16
     assert reproduce.finished_dir(reproduce.get_args(argv + ['--amp', 'bf16']), 'labeled-only-few', 0)
+
+
+def test_a_call_for_one_seed_or_one_table_keeps_the_other_runs_of_the_preset(tmp_path, monkeypatch):
+    """`--table P --seeds 1` after a 3-seed headline: the headline rows keep n = 3, and the preset's summary
+    keeps the tables that call did not run."""
+    monkeypatch.chdir(tmp_path)
+    runs, results = tmp_path / 'runs', tmp_path / 'results'
+    for seed in range(3):
+        fake_run(runs, 'mixmatch', seed, [70, 80], [71, 81 + seed])
+        fake_run(runs, 'labeled-only-few', seed, [50, 60], [51, 61])
+    fake_run(runs, 'fixed-0.9', 0, [70, 80], [71, 84])
+    args = reproduce.get_args(['--table', 'P', '--seeds', '1', '--runs-dir', str(runs), '--results-dir',
+                               str(results), '--report'])
+    assert reproduce.main(args) == 0
+    table = (results / 'quick' / 'tableP.md').read_text()
+    assert 'seeds 0, 1, 2 (asked, or run by an earlier call' in table
+    assert '| 3 | 82.00 ± 1.00 |' in table  # mixmatch: n = 3, not the one seed asked for
+    assert '| 1 (one seed: not evidence) | 84.00 |' in table  # fixed-0.9
+    summary = (results / 'quick' / 'README.md').read_text()
+    assert '**Table 3' in summary and '61.00 ± 0.00 / 71.00 ± 0.00 (3)' in summary  # a table this call did not ask for
