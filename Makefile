@@ -4,13 +4,16 @@
 # make demo-baseline: the same length without the unlabeled images (labeled only), to compare with
 # make test:       set up, then run the test suite on the CPU and re-evaluate the released checkpoints
 # make gpu-check:  on one NVIDIA GPU: benchmark, released checkpoints on CUDA, the headline at the medium preset
+# make copies:     after editing a shared module in mixmatch/, copy it to every other self-contained folder
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data demo demo-baseline test gpu-check clean
+.PHONY: setup data demo demo-baseline test gpu-check copies clean
+SHARED  := augment checkpoint data flags metrics models policy runtime semisup
+FOLDERS := fixed adaptive etc/fixmatch etc/meanteacher
 
 setup: $(VENV)/.installed
 
@@ -42,6 +45,9 @@ gpu-check: setup data
 test: setup data
 	$(PY) -m pytest -q tests
 	$(PY) etc/verify_pretrained.py
+
+copies:
+	for d in $(FOLDERS); do for m in $(SHARED); do cp mixmatch/$$m.py $$d/$$m.py; done; done
 
 clean:
 	rm -rf $(VENV) runs

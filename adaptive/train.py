@@ -214,11 +214,16 @@ def get_args(argv=None):
 
 def guess_labels(net, rt, images, index, hidden, args):
     """MixMatch's label guess: K augmentations of every image, the mean softmax over them, sharpened with T."""
-    views = torch.cat([augment.augment(images, args.augment_kind) for _ in range(args.K)])
+    views = torch.cat([augment_views(images, args) for _ in range(args.K)])
     views = views.contiguous(memory_format=rt.memory_format)
     with torch.no_grad(), rt.autocast():
         mean_prob = torch.softmax(net(views).float(), dim=1).view(args.K, len(images), -1).mean(dim=0)
     return Guess(images, index, hidden, views, mean_prob, semisup.sharpen(mean_prob, args.T))
+
+
+def augment_views(images, args):
+    """Crop and flip (--augment), then what --randaugment, --augmix and --cutout add; every image its own draw."""
+    return augment.augment(images, args.augment_kind, args.randaugment, args.augmix, args.cutout)
 
 
 def draw_and_guess(net, rt, sampler, x_unl, y_unl, args):
@@ -245,8 +250,8 @@ def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, arg
         u, keep, threshold = policy.select(u, ctx)
         views, target = u.views, u.target
 
-    # MixUp over [labeled, unlabeled x K]; unkept unlabeled rows only mix among themselves and get no loss.
-    x = torch.cat([augment.augment(x_l, args.augment_kind), views])
+    # MixUp (or CutMix) over [labeled, unlabeled x K]; unkept unlabeled rows only mix among themselves, no loss.
+    x = torch.cat([augment_views(x_l, args), views])
     targets = torch.cat([F.one_hot(y_l, C).float(), target.repeat(K, 1)])
     valid = torch.cat([torch.ones(B, dtype=torch.bool, device=dev), keep.repeat(K)])
     image = torch.cat([torch.full((B,), -1, device=dev), torch.arange(len(keep), device=dev).repeat(K)])
@@ -255,8 +260,8 @@ def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, arg
         x, targets, valid, image = x[rows], targets[rows], valid[rows], image[rows]
     lam = semisup.sample_mixup_lambda(args.alpha, dev)
     partner = semisup.mixup_partner(valid)
-    x_mix = (lam * x + (1 - lam) * x[partner]).contiguous(memory_format=rt.memory_format)
-    t_mix = lam * targets + (1 - lam) * targets[partner]
+    x_mix, t_mix = semisup.mix_rows(x, targets, partner, lam, args.mix)
+    x_mix = x_mix.contiguous(memory_format=rt.memory_format)
 
     with rt.autocast():
         logits = net(x_mix).float()
@@ -295,7 +300,8 @@ def make_optimizer(model, args, device):
     fused = {'fused': True} if device.type in ('cuda', 'cpu') else {}
     if args.optimizer == 'adam':
         return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, **fused)
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd, **fused)
+    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd,
+                           nesterov=args.nesterov, **fused)
 
 
 def train(args, rt):
@@ -318,13 +324,17 @@ def train(args, rt):
     (x_lab, y_lab), (x_unl, y_unl) = sets['labeled'], sets['unlabeled']
     args.augment_kind = augment.choose(args.augment, ds.train_images.shape[-1])
     say(f'data {args.dataset}: ' + ', '.join(f'{0 if x is None else len(x)} {k}' for k, (x, _) in sets.items())
-        + f', {args.num_classes} classes, {tuple(ds.train_images.shape[1:])} images, augment {args.augment_kind}',
+        + f', {args.num_classes} classes, {tuple(ds.train_images.shape[1:])} images, augment {args.augment_kind}'
+        + ''.join(f' + {name} {value}' for name, value in (('randaugment', args.randaugment),
+                  ('augmix', args.augmix), ('cutout', args.cutout)) if value),
         flush=True)
 
     # ---- model, EMA, optimizer, policy, samplers; or all of them as the checkpoint left them
     mean, std = data.pixel_stats(ds.train_images)
     model = rt.prepare(build_model(args.arch, args.num_classes, ds.train_images.shape[1], mean, std, args.bn_momentum,
                                    args.pretrained, args.download))
+    if args.init and run.ckpt is None:  # a resumed run continues its own weights
+        say(checkpoint.init_weights(model, args.init, args.arch))
     ema = semisup.make_ema(model, args.ema_decay)
     eval_model = model if ema is None else ema.module
     net = rt.compile(rt.ddp(model))  # runs the training forward passes; shares its parameters with `model`
@@ -366,6 +376,9 @@ def train(args, rt):
         if step > 0 and step % args.acc_window == 0:
             train_acc.new_window()
         rt.step_begin()
+        if args.lr_schedule != 'constant':
+            for group in optimizer.param_groups:
+                group['lr'] = semisup.lr_at(step, args)
         i_l = streams['labeled'].next()
         if args.labeled_only:
             streams['unlabeled'].next()  # drawn all the same, so that earlier runs of the baseline reproduce
@@ -393,7 +406,7 @@ def train(args, rt):
             log.progress(step, f'loss_x {w["loss_x"]:.3f}  loss_u {w["loss_u"]:.4f}  {mask}'
                                f'train_acc {w["train_acc"]:.1f}  {w["ms_per_step"]:.0f} ms/step')
         if at_eval:
-            w = meter.read()  # every process: the window's means are all-reduced
+            w = meter.read() | {'lr': optimizer.param_groups[0]['lr']}  # every process: the means are all-reduced
             if rt.is_main:
                 lambda_u = 0.0 if args.labeled_only else policy.lambda_u(step - 1)
                 wants_test = (lambda v: args.test_when == 'every-eval' or step == args.steps

@@ -6,6 +6,8 @@ the device: the same IndexStream sampling, gather, on-device augmentation and tr
     python etc/bench.py --device cpu --compile             # + torch.compile (inductor) rows, slow to compile
     python etc/bench.py --device cuda --json bench.json    # GPU: + compiled rows with CUDA graphs
     python etc/bench.py --device cpu --methods adaptive --profile   # + where the fast path's time goes
+    python etc/bench.py --methods mixmatch --variants ";--cutout 14;--randaugment 2,9;--augmix 3;--mix cutmix"
+                                                           # what each augmentation costs, against the default
 
 Each configuration prints median ms/step, steps/s, images/s (labeled + unlabeled images drawn per step),
 the data share (index sampling, gather and the K+1 augmentations alone, timed separately), peak device
@@ -83,10 +85,11 @@ def profile_table(step, device, steps, rows=12):
     return [(e.key, 100.0 * getattr(e, attr) / total) for e in top]
 
 
-def bench_one(method, shape, precision, channels_last, compile_mode, a):
+def bench_one(method, shape, precision, channels_last, compile_mode, a, variant=''):
     train = load_train(method)
     args = train.get_args(['--arch', a.arch, '--batch-size', str(a.batch), '--device', a.device, '--amp',
-                           {'fp32': 'off'}.get(precision, precision), '--compile', compile_mode, *shlex.split(a.flags)])
+                           {'fp32': 'off'}.get(precision, precision), '--compile', compile_mode, *shlex.split(a.flags),
+                           *shlex.split(variant)])
     c, h, w = shape
     args.num_classes, args.augment_kind = 10, augment.choose('auto', h)
     rt = Runtime(args.device, args.amp, args.compile, channels_last=channels_last)
@@ -141,8 +144,8 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a):
         t0 = time.perf_counter()
         b = draw()
         for _ in range(args.K):
-            augment.augment(b[2], args.augment_kind)
-        augment.augment(b[0], args.augment_kind)
+            train.augment_views(b[2], args)
+        train.augment_views(b[0], args)
         sync(dev)
         data_times.append(time.perf_counter() - t0)
     if a.profile and precision == a.fast_precision and channels_last and compile_mode == 'off':
@@ -163,7 +166,7 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a):
             'steps_per_s': 1000 / ms, 'images_per_s': (args.batch_size + args.unlabeled_batch_size) * 1000 / ms,
             'data_ms': 1000 * statistics.median(data_times),
             'peak_mem_bytes': torch.cuda.max_memory_allocated() if dev.type == 'cuda' else None,
-            'flops_per_step': flops, 'torch': str(torch.__version__), 'flags': a.flags}
+            'flops_per_step': flops, 'torch': str(torch.__version__), 'flags': f'{a.flags} {variant}'.strip()}
 
 
 def main():
@@ -179,6 +182,9 @@ def main():
     p.add_argument('--compile', action='store_true', help='add torch.compile rows on the CPU (always on CUDA)')
     p.add_argument('--flags', default='', help='more flags for the methods, e.g. "--policy warm-start" or '
                                                '"--train-acc mixed"')
+    p.add_argument('--variants', default=None, metavar='FLAGS;FLAGS;...',
+                   help='rows of these flag sets instead (the first is the baseline of the speed-up, empty: the '
+                        'defaults), each at the precision --amp auto picks, channels-last, eager')
     p.add_argument('--json', default=None, metavar='PATH', help='also write the rows as a JSON list')
     p.add_argument('--profile', action='store_true',
                    help='also print the operators that take the time of the step --amp auto runs (bf16 where usable, '
@@ -200,11 +206,15 @@ def main():
               f'{"img/s":>7} {"data%":>6} {"peakMiB":>8} {"GFLOP":>7} {"TFLOP/s":>8} {"speedup":>8}')
     print(header)
     rows = []
+    runs = ([(a.fast_precision, True, 'off', v.strip()) for v in a.variants.split(';')] if a.variants is not None
+            else [(*c, '') for c in configs(a.device, a.compile, bf16=not no_bf16)])
     for method in a.methods.split(','):
         for shape in shapes:
             base, flops = None, None
-            for precision, cl, mode in configs(a.device, a.compile, bf16=not no_bf16):
-                r = bench_one(method, shape, precision, cl, mode, a)
+            for precision, cl, mode, variant in runs:
+                r = bench_one(method, shape, precision, cl, mode, a, variant)
+                if a.variants is not None:  # each variant counts its own FLOPs
+                    flops = None
                 flops = r['flops_per_step'] or flops
                 r['flops_per_step'] = flops
                 base = base or r['ms_per_step']
@@ -213,7 +223,8 @@ def main():
                 print(f'{method:9} {r["shape"]:8} {precision:4} {"cl" if cl else "nchw":6} {mode:15} '
                       f'{r["ms_per_step"]:8.1f} {r["steps_per_s"]:8.2f} {r["images_per_s"]:7.0f} '
                       f'{100 * r["data_ms"] / r["ms_per_step"]:5.1f}% {mem} {flops / 1e9:7.1f} '
-                      f'{flops / r["ms_per_step"] / 1e9:8.2f} {base / r["ms_per_step"]:7.2f}x', flush=True)
+                      f'{flops / r["ms_per_step"] / 1e9:8.2f} {base / r["ms_per_step"]:7.2f}x'
+                      + (f'  {variant or "(defaults)"}' if a.variants is not None else ''), flush=True)
     if a.json:
         with open(a.json, 'w') as f:
             json.dump(rows, f, indent=1)

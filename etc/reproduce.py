@@ -110,7 +110,12 @@ ENTRIES = {
                   'FlexMatch class-wise thresholds (CE)'),
     'freematch': ('adaptive', ['--policy', 'freematch', '--lambda-u', '1', '--loss', 'ce'], LABELS, '—',
                   'FreeMatch self-adaptive thresholds (CE)'),
+    # other systems the study tried, with their papers' defaults (etc/fixmatch, etc/meanteacher)
+    'fixmatch': ('etc/fixmatch', [], LABELS, '—', 'FixMatch (its paper\'s settings: SGD, cosine, 7 unlabeled per '
+                                                  'labeled image, threshold 0.95)'),
+    'mean-teacher': ('etc/meanteacher', [], LABELS, '—', 'Mean Teacher (EMA teacher, MSE 100, sigmoid ramp-up)'),
 }
+UNLABELED_BATCH = {'etc/fixmatch': 448}  # a script's default --unlabeled-batch-size, where not --batch-size
 RAMPED = {'adaptive-ce-rampup'}  # besides MixMatch's entries: the original's ramp (469)
 # the first release's flags for the entries it had (MSE at the scripts' default lambda_u 75)
 V1 = {'labeled-only': ['--labeled-only'], 'mixmatch': [], 'fixed-0.8': ['--threshold', '0.8'],
@@ -136,6 +141,9 @@ TABLES = {
            ('adaptive-val', None), ('adaptive-val-ce', None), ('warm-start', None), ('warm-start-seeded', None),
            ('adaptive-ce-1', 75.06), ('adaptive-ce-rampup', None), ('adaptive-mse-1200', None), ('flexmatch', None),
            ('freematch', None)]),
+    'S': ('Other semi-supervised systems the study tried, on the same data, model, EMA and evaluation',
+          [('labeled-only', None), ('mixmatch', 73.89), ('mixmatch-75', None), ('adaptive-ce-1', 75.06),
+           ('fixmatch', None), ('mean-teacher', None)]),
 }
 
 
@@ -181,6 +189,8 @@ def command(entry, seed, preset, device, runs_dir, amp='auto'):
            *s['test_when']]
     if (script == 'mixmatch' and '--labeled-only' not in flags) or entry in RAMPED:
         cmd += s['rampup']
+    elif script == 'etc/meanteacher':  # the same length of ramp; its shape is Mean Teacher's sigmoid
+        cmd += s['rampup'][:2]
     cmd += ['--seed', str(seed), '--split-seed', str(seed), '--device', device, *(['--amp', amp] if amp != 'auto' else []),
             '--out', run_dir(runs_dir, preset, entry, seed), '--resume', 'auto']
     return cmd
@@ -349,6 +359,8 @@ def summarize(out, cmd=None):
             'ms_per_step': statistics.median(ms) if (ms := [r['ms_per_step'] for r in records
                                                             if r.get('ms_per_step') is not None]) else None,
             'guessed': guessed_per_step(records, info['command']),
+            'images': (batch_sizes(info['command'])[0] if '--labeled-only' in info['command'].split()
+                       else sum(batch_sizes(info['command']))),
             'mask_ratio': end.get('mask_ratio'), 'pl_acc': end.get('pseudo_label_acc'), 'steps': end['step'],
             'wall_s': info['wall_s'], 'hardware': info.get('hardware', '?'), 'device': end.get('device'),
             'amp': end.get('amp'), 'git': end.get('git_sha'), 'command': info['command']}
@@ -362,11 +374,15 @@ def guessed_per_step(records, cmd):
         return statistics.mean(logged)
     if '--labeled-only' in cmd.split():
         return 0
-    for flag in ('--unlabeled-batch-size', '--batch-size'):
-        m = re.search(rf'{flag} (\d+)', cmd)
-        if m:
-            return int(m.group(1))
-    return 64
+    return batch_sizes(cmd)[1]
+
+
+def batch_sizes(cmd):
+    """(labeled, unlabeled) images drawn per step by a command, with its script's defaults."""
+    script = os.path.dirname(cmd.split()[1])
+    labeled = int(m.group(1)) if (m := re.search(r'--batch-size (\d+)', cmd)) else 64
+    m = re.search(r'--unlabeled-batch-size (\d+)', cmd)
+    return labeled, int(m.group(1)) if m else UNLABELED_BATCH.get(script, labeled)
 
 
 P_NOTE = (' Unlabeled guessed / step: K augmentations of each are labeled by the model; ensure-ratio draws and '
@@ -374,6 +390,12 @@ P_NOTE = (' Unlabeled guessed / step: K augmentations of each are labeled by the
           'accuracy policies add a forward pass of the clean labeled batch); runs that shared the machine with '
           'others were slowed alike. At 1,024 steps the unlabeled set is seen about once: the table ranks early '
           'progress, not where the policies end.')
+
+S_NOTE = (' Images / step: labeled and unlabeled images drawn per step (labeled-only: the labeled ones alone); '
+          'FixMatch forwards each unlabeled image twice (weak, strong) with gradient, MixMatch K = 2 times without '
+          'and K times mixed with. ms / step: median over evaluation windows of the training step alone. Each '
+          'system keeps its paper\'s own settings (FixMatch: SGD, cosine decay; the others: AdamW), so a row '
+          'compares systems, not one changed part.')
 
 
 def mean_std(values, digits=2, signed=False):
@@ -428,6 +450,9 @@ def table_columns(table, seeds, results, rows):
     if table == 'P':
         cols += [('unlabeled guessed / step', lambda d: mean_std([r['guessed'] for r in d], 0)),
                  ('ms / step', lambda d: mean_std([r['ms_per_step'] for r in d], 0))]
+    if table == 'S':
+        cols += [('images / step (labeled + unlabeled)', lambda d: str(d[0]['images'])),
+                 ('ms / step', lambda d: mean_std([r['ms_per_step'] for r in d], 0))]
     cols += [('steps', lambda d: str(d[0]['steps'])),
              ('wall / run', lambda d: f'{mean_std([r["wall_s"] / 60 for r in d], 0)} min')]
     return [('entry', None), ('session', None), ('paper top-1 (NAVER)', None), ('n', None)] + cols
@@ -445,7 +470,7 @@ def write_table(table, seeds, args, results):
              'fp32 evaluation of the EMA weights. '
              'Mean ± sample standard deviation (n − 1) over seeds. Median (only where the test set was measured at '
              'every evaluation, `--test-when every-eval`): over the last 20 evaluations, or all of them when the '
-             'preset has fewer.' + (P_NOTE if table == 'P' else ''), '',
+             'preset has fewer.' + {'P': P_NOTE, 'S': S_NOTE}.get(table, ''), '',
              f'Collected by `python etc/reproduce.py --table {table} --seeds {len(seeds)}'
              f'{"" if seeds[0] == 0 else f" --first-seed {seeds[0]}"} --preset {args.preset} --report` from the '
              f'runs that finished, here or archived in etc/results/logs/{args.preset} (runs of several calls, '

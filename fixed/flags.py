@@ -8,6 +8,7 @@ import os
 import augment
 import data
 import models
+import semisup
 from models import UserError
 
 # What --evaluate reads from the command line; everything else comes from the checkpoint.
@@ -46,6 +47,13 @@ def common_parser():
                    help='folder datasets: where the decoded uint8 images are cached')
     g.add_argument('--augment', default='auto', choices=augment.AUGMENTATIONS,
                    help=f'auto: pad-crop + flip below {augment.RRC_MIN_SIZE} px, random-resized-crop + flip above')
+    g.add_argument('--randaugment', default=None, type=randaugment_value, metavar='N,M',
+                   help='RandAugment after crop and flip: N ops per image at magnitude M of 0-30 (notes: 2,9 2,5 2,3)')
+    g.add_argument('--augmix', type=int, default=0, metavar='SEVERITY',
+                   help=f'after crop and flip: AugMix without its JSD loss, severity 1-{augment.AUGMIX_MAX_SEVERITY} '
+                        '(the reference: 3; 0: off)')
+    g.add_argument('--cutout', type=int, default=0, metavar='PX',
+                   help='CutOut, last: a PX x PX square per image set to 0 (DeVries & Taylor: 16 on 32 px; 0: off)')
 
     g = p.add_argument_group('model')
     g.add_argument('--arch', default='wrn28_2', choices=models.ARCHS,
@@ -60,6 +68,8 @@ def common_parser():
     g.add_argument('--T', type=float, default=0.5, help='sharpening temperature of the guess (paper: 0.5)')
     g.add_argument('--alpha', type=float, default=0.75,
                    help='mixup Beta(alpha, alpha), lambda = max(l, 1 - l) (paper: 0.75; 0: no mixup)')
+    g.add_argument('--mix', default='mixup', choices=semisup.MIXES,
+                   help='mixup (MixMatch) or cutmix: a box of 1 - lambda of the partner per row, targets by area')
     g.add_argument('--loss', choices=('mse', 'ce'),
                    help='unlabeled loss on the kept mixed rows: mse (MixMatch) or ce (soft cross-entropy, the paper)')
     g.add_argument('--lambda-u', type=float, default=None,
@@ -80,6 +90,14 @@ def common_parser():
     g.add_argument('--wd', type=float, default=None,
                    help='weight decay (default: adam 0.02, MixMatch\'s; sgd 4e-4, the original)')
     g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (the original: 0.9)')
+    g.add_argument('--nesterov', action='store_true', help='SGD with Nesterov momentum (FixMatch; the original: no)')
+    g.add_argument('--lr-schedule', default='constant', choices=semisup.LR_SCHEDULES,
+                   help='constant (the original), multistep (348, 387), exponential, cosine (FixMatch\'s)')
+    g.add_argument('--lr-milestones', default=None, type=int_list, metavar='S1,S2,...',
+                   help='multistep: the steps at which the learning rate is multiplied by --lr-factor')
+    g.add_argument('--lr-factor', type=float, default=0.5, help='multistep: factor at each milestone (the notes: 0.5)')
+    g.add_argument('--lr-gamma', type=float, default=None,
+                   help='exponential: factor per step (e.g. 0.99995: x0.04 over 65,536 steps)')
     g.add_argument('--batch-size', type=int, default=64,
                    help='labeled images per step and process (MixMatch: 64; the original: 20)')
     g.add_argument('--unlabeled-batch-size', type=int, default=None,
@@ -105,6 +123,8 @@ def common_parser():
                    help='auto: continue <out>/checkpoint.pt if there is one, else start; PATH: continue that file')
     g.add_argument('--evaluate', default=None, metavar='PATH',
                    help='only print the fp32 test top-1/top-5 of a checkpoint (any method\'s)')
+    g.add_argument('--init', default=None, metavar='PATH',
+                   help='start from a checkpoint\'s weights (same --arch; a head of other classes starts anew)')
     g.add_argument('--seed', type=int, default=0, help='seed of initialization, sampling and augmentation')
     g.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto: cuda if available')
     g.add_argument('--amp', default='auto', choices=('auto', 'bf16', 'fp16', 'off'),
@@ -115,19 +135,47 @@ def common_parser():
     return p
 
 
-def build_parser(description, add_method_flags, policies):
-    """The shared flags, then the family's (add_method_flags returns its argument group) and --policy."""
+def int_list(text):
+    try:
+        return tuple(int(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+
+
+def randaugment_value(text):
+    """--randaugment N,M: N >= 1 ops per image, magnitude M in 0-30."""
+    n_m = int_list(text)
+    if len(n_m) != 2 or n_m[0] < 1 or not 0 <= n_m[1] <= augment.RANDAUGMENT_MAX_MAGNITUDE:
+        raise argparse.ArgumentTypeError(f'expected N,M with N >= 1 ops and M in 0-{augment.RANDAUGMENT_MAX_MAGNITUDE},'
+                                         f' got {text!r}')
+    return n_m
+
+
+def override(parser, **defaults):
+    """A script's own defaults for shared flags, with the help that says so: dest=(default, help)."""
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.default, action.help = defaults[action.dest]
+            parser.set_defaults(**{action.dest: action.default})
+
+
+def build_parser(description, add_method_flags, policies, not_read=frozenset()):
+    """The shared flags, then the family's (add_method_flags returns its argument group) and --policy. The shared
+    flags in not_read (a script that does not use them) are left out of --help."""
     parser = OneLineParser(description=description, parents=[common_parser()],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    for action in parser._actions:
+        if action.dest in not_read:
+            action.help = argparse.SUPPRESS
     group = add_method_flags(parser)
     group.add_argument('--policy', default=next(iter(policies)), choices=list(policies),
                        help='which of this family\'s policies decides the kept images (classes in train.py)')
     return parser
 
 
-def parse(argv, description, method, add_method_flags, check_method_args, policies):
-    """The script's args, filled in and checked."""
-    parser = build_parser(description, add_method_flags, policies)
+def parse(argv, description, method, add_method_flags, check_method_args, policies, not_read=frozenset()):
+    """The script's args, filled in and checked. not_read: the shared flags the script does not use (refused)."""
+    parser = build_parser(description, add_method_flags, policies, not_read)
     shared = set(vars(common_parser().parse_args([])))
     args = parser.parse_args(argv)
     unset = object()  # a second parse over a namespace of markers tells which flags the command line gave
@@ -135,6 +183,9 @@ def parse(argv, description, method, add_method_flags, check_method_args, polici
              if v is not unset}
     family = set(vars(args)) - shared - {'policy'}
     policy = policies[args.policy]
+    if given & not_read:
+        raise UserError(f'{", ".join(sorted("--" + k.replace("_", "-") for k in given & not_read))}: not read by '
+                        f'{method} (see --help)')
     refuse_flags_without_effect(args, given, family, set(policy.FLAGS), policy.reads_train_acc(args))
     finish_args(args, method)
     check_method_args(args)
@@ -154,11 +205,17 @@ def refuse_flags_without_effect(args, given, family, read_by_policy, reads_train
             (not reads_train_acc, given & {'train_acc'},
              f'with --policy {args.policy} as given, which does not read the train accuracy'),
             (args.rampup_steps == 0, given & {'rampup_start'}, 'with --rampup-steps 0 (a constant weight)'),
-            (args.optimizer == 'adam', given & {'momentum'}, 'with --optimizer adam (AdamW); use --optimizer sgd'),
+            (args.optimizer == 'adam', given & {'momentum', 'nesterov'},
+             'with --optimizer adam (AdamW); use --optimizer sgd'),
             (args.dataset != 'folder', given & {'image_size', 'num_classes', 'cache_dir'},
              f'with --dataset {args.dataset}: only --dataset folder decodes images'),
             (args.dataset == 'folder' and not args.pretrained, given & {'download'},
              'with --dataset folder and no --pretrained: there is nothing to download'),
+            (args.lr_schedule != 'multistep', given & {'lr_milestones', 'lr_factor'},
+             f'with --lr-schedule {args.lr_schedule}; use --lr-schedule multistep'),
+            (args.lr_schedule != 'exponential', given & {'lr_gamma'},
+             f'with --lr-schedule {args.lr_schedule}; use --lr-schedule exponential'),
+            (args.alpha == 0, given & {'mix'}, 'with --alpha 0 (no mixing)'),
         ]
     for applies, flags, why in rules:
         if applies and flags:
@@ -198,6 +255,19 @@ def finish_args(args, method):
         (args.image_size >= 8, '--image-size must be at least 8'),
         (not (args.drop_unkept and args.compile != 'off'), '--drop-unkept makes batch shapes vary; it cannot be '
                                                             'combined with --compile'),
+        (args.cutout >= 0, f'--cutout {args.cutout} must be >= 0 pixels (0: off)'),
+        (0 <= args.augmix <= augment.AUGMIX_MAX_SEVERITY,
+         f'--augmix {args.augmix} must be a severity in 1-{augment.AUGMIX_MAX_SEVERITY} (0: off)'),
+        (args.lr_schedule != 'multistep' or args.lr_milestones,
+         '--lr-schedule multistep needs --lr-milestones S1,S2,... (steps)'),
+        (not args.lr_milestones or (list(args.lr_milestones) == sorted(set(args.lr_milestones))
+                                    and 0 < args.lr_milestones[0] and args.lr_milestones[-1] < args.steps),
+         f'--lr-milestones {",".join(map(str, args.lr_milestones or ()))} must be increasing steps in 1-{args.steps - 1} '
+         f'(--steps {args.steps})'),
+        (args.lr_factor > 0, '--lr-factor must be > 0'),
+        (args.lr_schedule != 'exponential' or args.lr_gamma is not None,
+         '--lr-schedule exponential needs --lr-gamma (the factor per step, e.g. 0.99995)'),
+        (args.lr_gamma is None or 0 < args.lr_gamma <= 1, '--lr-gamma must be in (0, 1]'),
     ]
     for ok, message in checks:
         if not ok:

@@ -153,7 +153,7 @@ def evaluate_and_log(eval_model, eval_sets, w, lambda_u, step, log, meta, batch_
     record = {'step': step, 'loss': w['loss'], 'loss_x': w['loss_x'], 'loss_u': w['loss_u'], 'lambda_u': lambda_u,
               'mask_ratio': w.get('mask_ratio'), 'threshold': w.get('threshold'),
               'pseudo_label_acc': 100.0 * w['pl_correct'] / w['pl_count'] if w.get('pl_count') else None,
-              'confidence': w.get('confidence'), 'train_acc': w['train_acc']}
+              'confidence': w.get('confidence'), 'train_acc': w['train_acc'], 'lr': w.get('lr')}
     val = None
     for name, (x, y) in eval_sets.items():
         measured = x is not None and len(x) and (name != 'test' or wants_test(record.get('val_top1')))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import models
 from models import UserError
 from runtime import seed_everything
 
@@ -183,6 +184,32 @@ def load_weights(module, state, path):
         module.load_state_dict(state)
     except RuntimeError as e:
         raise UserError(f'{path}: weights do not fit ({str(e).splitlines()[0][:160]})') from None
+
+
+def init_weights(model, path, arch):
+    """--init PATH: the weights a checkpoint evaluates with (its EMA), every tensor but the classifier head, and
+    the head too where it has as many classes. Returns the line to print."""
+    ckpt = load_checkpoint(path)
+    if ckpt['arch'] != arch:
+        raise UserError(f'--init {path}: the checkpoint is --arch {ckpt["arch"]}, this run --arch {arch}; start from '
+                        f'a checkpoint of the same architecture')
+    mine, theirs, head = model.state_dict(), ckpt['ema'], models.head_prefix(arch)
+    body = {k: v for k, v in theirs.items() if not k.startswith(head)}
+    missing = sorted(set(k for k in mine if not k.startswith(head)) - set(body))
+    unfit = [k for k, v in body.items() if k not in mine or mine[k].shape != v.shape]
+    if missing or unfit:
+        key = (missing or unfit)[0]
+        raise UserError(f'--init {path}: its weights do not fit this model ({key}: '
+                        f'{tuple(theirs[key].shape) if key in theirs else "missing"} vs '
+                        f'{tuple(mine[key].shape) if key in mine else "none"}; other image channels?)')
+    head_fits = all(k in theirs and theirs[k].shape == v.shape for k, v in mine.items() if k.startswith(head))
+    model.load_state_dict(body | ({k: theirs[k] for k in mine if k.startswith(head)} if head_fits else {}),
+                          strict=head_fits)
+    origin = f'{ckpt["method"]} checkpoint ({ckpt["num_classes"]} classes)'
+    if head_fits:
+        return f'--init: every weight from {path}, a {origin}'
+    return (f'--init: the backbone from {path}, a {origin}; the classifier head is initialized anew '
+            f'(this run has {mine[head + "weight"].shape[0]} classes)')
 
 
 def restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams):

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ARCHS = ('wrn28_2', 'wrn28_8', 'resnet18', 'resnet50', 'efficientnet_b3', 'efficientnet_b4')
+ARCHS = ('wrn28_2', 'wrn28_8', 'resnet18', 'resnet34', 'resnet50', 'efficientnet_b3', 'efficientnet_b4')
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -71,6 +71,7 @@ def _torchvision_model(arch, num_classes, pretrained, download):
     import torchvision.models as tvm
     build, weights = {
         'resnet18': (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
+        'resnet34': (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
         'resnet50': (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2),
         'efficientnet_b3': (tvm.efficientnet_b3, tvm.EfficientNet_B3_Weights.IMAGENET1K_V1),
         'efficientnet_b4': (tvm.efficientnet_b4, tvm.EfficientNet_B4_Weights.IMAGENET1K_V1),
@@ -86,6 +87,11 @@ def _torchvision_model(arch, num_classes, pretrained, download):
     head = getattr(head_parent, head_name)
     setattr(head_parent, head_name, nn.Linear(head.in_features, num_classes))
     return net
+
+
+def head_prefix(arch):
+    """The state_dict prefix of a model's classifier head (the layer whose size is the class count)."""
+    return 'backbone.classifier.1.' if arch.startswith('efficientnet') else 'backbone.fc.'
 
 
 class Classifier(nn.Module):

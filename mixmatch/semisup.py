@@ -2,6 +2,7 @@
 competence signal the adaptive threshold follows) and the EMA of the weights used for evaluation. Shared module
 (identical copies in every method folder)."""
 import contextlib
+import math
 
 import torch
 import torch.nn as nn
@@ -38,6 +39,31 @@ def mixup_partner(valid):
     return partner
 
 
+MIXES = ('mixup', 'cutmix')
+
+
+def mix_rows(x, targets, partner, lam, kind):
+    """Every row mixed with its partner row at weight lam (a scalar), and the targets with it.
+    mixup (MixMatch): lam * x + (1 - lam) * x[partner].
+    cutmix (Yun et al. 2019): a box of the partner's pixels, side sqrt(1 - lam) of the image's, centred at a place
+    drawn per row and clipped at the borders; each row's targets mix by the area it actually kept (as CutMix
+    corrects lambda after clipping)."""
+    if kind == 'mixup':
+        return lam * x + (1 - lam) * x[partner], lam * targets + (1 - lam) * targets[partner]
+    n, _, h, w = x.shape
+    dev = x.device
+    side = torch.sqrt(1 - lam)
+    box_h, box_w = (side * h).round().long(), (side * w).round().long()
+    cy, cx = torch.randint(0, h, (n, 1), device=dev), torch.randint(0, w, (n, 1), device=dev)
+    top, left = (cy - box_h // 2).clamp(min=0), (cx - box_w // 2).clamp(min=0)
+    bottom, right = (cy - box_h // 2 + box_h).clamp(max=h), (cx - box_w // 2 + box_w).clamp(max=w)
+    rows, cols = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    in_rows, in_cols = (rows >= top) & (rows < bottom), (cols >= left) & (cols < right)   # n x h, n x w
+    box = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]                            # n x 1 x h x w
+    kept = 1 - box.flatten(1).float().mean(dim=1, keepdim=True)                           # n x 1: own area
+    return torch.where(box, x[partner], x), kept * targets + (1 - kept) * targets[partner]
+
+
 def soft_cross_entropy(logits, targets):
     """Per row: -sum_c target_c * log softmax(logits)_c."""
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
@@ -52,6 +78,23 @@ def unlabeled_loss(logits, targets, mask, kind):
         per_row = soft_cross_entropy(logits, targets)
     mask = mask.float()
     return (per_row * mask).sum() / mask.sum().clamp(min=1)
+
+
+# =========================================================================================================
+# Learning rate: a function of the step and the flags, so that a resumed run continues the schedule exactly
+# =========================================================================================================
+LR_SCHEDULES = ('constant', 'multistep', 'exponential', 'cosine')
+
+
+def lr_at(step, args):
+    """The learning rate of the step-th update (step 0 is the first)."""
+    if args.lr_schedule == 'multistep':
+        return args.lr * args.lr_factor ** sum(step >= m for m in args.lr_milestones)
+    if args.lr_schedule == 'exponential':
+        return args.lr * args.lr_gamma ** step
+    if args.lr_schedule == 'cosine':  # FixMatch: never reaches 0 (7/16 of a half period)
+        return args.lr * math.cos(7 * math.pi * step / (16 * args.steps))
+    return args.lr
 
 
 # =========================================================================================================

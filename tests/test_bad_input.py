@@ -36,6 +36,8 @@ def world(tmp_path_factory):
     torch.save(ckpt | {'policy_name': 'flexmatch'}, w['other_policy'])
     w['old_acc'] = str(top / 'old_acc.pt')  # the first release's train-accuracy counts (window-mean seed)
     torch.save(ckpt | {'train_acc': torch.zeros(4, dtype=torch.long)}, w['old_acc'])
+    w['other_arch'] = str(top / 'resnet.pt')  # a checkpoint of another architecture, for --init
+    torch.save(torch.load(os.path.join(w['run'], 'best.pt'), weights_only=True) | {'arch': 'resnet18'}, w['other_arch'])
     return w
 
 
@@ -124,6 +126,20 @@ CASES = [
     ('adaptive', ['--acc-seed', 'sometimes'], "argument --acc-seed: invalid choice: 'sometimes'"),
     ('fixed', ['--labeled-only', '--rampup-steps', '5'], '--rampup-steps has no effect with --labeled-only'),
     ('adaptive', ['--resume', '{old_acc}'], 'resume it with --acc-seed window (and --train-acc mixed'),
+    # the study's other experiments: augmentations, schedules, --init
+    ('adaptive', ['--randaugment', '2,31'], 'expected N,M with N >= 1 ops and M in 0-30'),
+    ('adaptive', ['--randaugment', '0,5'], 'expected N,M with N >= 1 ops and M in 0-30'),
+    ('mixmatch', ['--cutout', '-4'], '--cutout -4 must be >= 0 pixels'),
+    ('fixed', ['--augmix', '11'], '--augmix 11 must be a severity in 1-10'),
+    ('adaptive', ['--lr-schedule', 'multistep', '--lr-milestones', '2,9'], 'must be increasing steps in 1-3 (--steps 4)'),
+    ('adaptive', ['--lr-schedule', 'multistep', '--lr-milestones', '3,2'], 'must be increasing steps in 1-3'),
+    ('adaptive', ['--lr-schedule', 'multistep'], '--lr-schedule multistep needs --lr-milestones'),
+    ('adaptive', ['--lr-schedule', 'exponential'], '--lr-schedule exponential needs --lr-gamma'),
+    ('adaptive', ['--lr-gamma', '0.9'], '--lr-gamma has no effect with --lr-schedule constant'),
+    ('mixmatch', ['--alpha', '0', '--mix', 'cutmix'], '--mix has no effect with --alpha 0'),
+    ('adaptive', ['--init', '{other_arch}', '--out', '{empty}/fresh'],
+     'the checkpoint is --arch resnet18, this run --arch wrn28_2'),
+    ('adaptive', ['--init', '{not_ckpt}', '--out', '{empty}/fresh'], 'cannot load checkpoint {not_ckpt}'),
 ]
 
 
@@ -149,3 +165,4 @@ def test_bad_input_exits_2_with_one_line(world, method, flags, expected):
     assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
     assert expected.format(**world) in lines[0]
     assert snapshot(world['run']) == before
+    assert not os.path.exists(os.path.join(world['empty'], 'fresh'))  # a new run that fails writes nothing

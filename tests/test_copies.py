@@ -4,15 +4,20 @@ import os
 
 from conftest import METHODS, REPO
 
+EXPERIMENTS = ('etc/fixmatch', 'etc/meanteacher')  # the study's other systems: self-contained folders too
+
 
 def test_shared_modules_are_identical_copies():
     listing = {m: sorted(f for f in os.listdir(os.path.join(REPO, m)) if f.endswith('.py')) for m in METHODS}
     assert listing['mixmatch'] == listing['fixed'] == listing['adaptive'], listing
+    for folder in EXPERIMENTS:
+        assert sorted(f for f in os.listdir(os.path.join(REPO, folder)) if f.endswith('.py')) == listing['mixmatch'], \
+            f'{folder} must hold train.py and every shared module'
     shared = [f for f in listing['mixmatch'] if f != 'train.py']
     assert {'augment.py', 'checkpoint.py', 'data.py', 'flags.py', 'metrics.py', 'models.py', 'policy.py', 'runtime.py',
             'semisup.py'} == set(shared)
     for name in shared:
-        for other in ('fixed', 'adaptive'):
+        for other in ('fixed', 'adaptive') + EXPERIMENTS:
             assert filecmp.cmp(os.path.join(REPO, 'mixmatch', name), os.path.join(REPO, other, name), shallow=False), \
                 f'{other}/{name} differs from mixmatch/{name}: make the change once and copy it to all three'
 

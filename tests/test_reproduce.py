@@ -23,12 +23,14 @@ def test_every_entry_is_a_valid_command_with_the_preset_schedule(preset):
     for entry in entries:
         for seed in (0, 2):
             cmd = reproduce.command(entry, seed, preset, 'cpu', 'runs/x')
-            method = cmd[0].split('/')[0]
-            assert method in METHODS
+            method = os.path.dirname(cmd[0])
+            assert method in METHODS + ('etc/fixmatch', 'etc/meanteacher')
             args = load_train(method).get_args(cmd[1:])  # the script accepts the flags
             assert (args.seed, args.split_seed, args.steps) == (seed, seed, s['steps'])
             assert (args.eval_every, args.acc_window, args.n_val) == (s['eval_every'], s['acc_window'], s['n_val'])
             assert args.out == os.path.join('runs/x', preset, entry, f's{seed}') and args.resume == 'auto'
+            if method == 'etc/meanteacher' and s['setup'] == 'faithful':  # the same ramp length, its own shape
+                assert args.rampup_steps == round(19 * s['steps'] / 300)
             if args.labeled_only or method != 'mixmatch':
                 continue
             if s['setup'] == 'faithful':  # the original's ramp: lambda_u * min(1, (1 + s/E) / 20), E = steps/300

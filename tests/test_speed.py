@@ -82,3 +82,17 @@ def test_bench_writes_the_documented_json(tmp_path, isa):
     assert 'speedup' in r.stdout
     profile = r.stdout.split(f'profile of fixed 8x8x1 {"bf16" if bf16 else "fp32"} channels-last')[1]
     assert 'aten::convolution_backward' in profile                        # oneDNN's kernels, not the slow reference
+
+
+def test_bench_variants_give_one_row_per_flag_set(tmp_path):
+    """etc/bench.py --variants: what each augmentation costs against the defaults, one row each, same machine."""
+    out = tmp_path / 'bench.json'
+    r = subprocess.run([sys.executable, os.path.join(REPO, 'etc', 'bench.py'), '--device', 'cpu', '--methods',
+                        'mixmatch', '--shapes', '8x8x1', '--batch', '8', '--steps', '1', '--warmup', '1', '--json',
+                        str(out), '--variants', ';--cutout 3;--randaugment 2,9'],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
+    assert r.returncode == 0, r.stderr
+    rows = json.load(open(out))
+    assert [x['flags'] for x in rows] == ['', '--cutout 3', '--randaugment 2,9']
+    assert len({(x['precision'], x['channels_last'], x['compile']) for x in rows}) == 1
+    assert '(defaults)' in r.stdout and r.stdout.rstrip().endswith('--randaugment 2,9')

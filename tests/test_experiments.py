@@ -1,0 +1,162 @@
+"""The study's other experiments on the shared code: learning-rate schedules, CutMix, --init, and the
+augmentation flags end to end."""
+import argparse
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import checkpoint
+import semisup
+from conftest import make_plain_folder, run_script, tiny_run_args
+from models import build_model
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    return make_plain_folder(str(tmp_path_factory.mktemp('data') / 'images'))
+
+
+def schedule(**flags):
+    base = dict(lr=0.1, lr_schedule='constant', lr_milestones=None, lr_factor=0.5, lr_gamma=None, steps=1000)
+    return argparse.Namespace(**(base | flags))
+
+
+def test_learning_rate_at_given_steps_for_each_schedule():
+    assert [semisup.lr_at(s, schedule()) for s in (0, 999)] == [0.1, 0.1]
+    multistep = schedule(lr_schedule='multistep', lr_milestones=(100, 300))
+    assert [semisup.lr_at(s, multistep) for s in (0, 99, 100, 299, 300, 999)] == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    exponential = schedule(lr_schedule='exponential', lr_gamma=0.99)
+    assert semisup.lr_at(0, exponential) == 0.1 and math.isclose(semisup.lr_at(100, exponential), 0.1 * 0.99 ** 100)
+    cosine = schedule(lr_schedule='cosine')  # FixMatch: cos(7 pi k / 16 K), 0.1 -> 0.1 * cos(7 pi / 16) at the end
+    assert semisup.lr_at(0, cosine) == 0.1
+    assert math.isclose(semisup.lr_at(500, cosine), 0.1 * math.cos(7 * math.pi / 32))
+    assert math.isclose(semisup.lr_at(1000, cosine), 0.1 * math.cos(7 * math.pi / 16))
+
+
+def test_a_resumed_run_continues_the_schedule_exactly(images, tmp_path):
+    """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit; the log gives each evaluation's
+    learning rate (the one the last step used)."""
+    cache = tmp_path / 'cache'
+    flags = ['--lr-schedule', 'multistep', '--lr-milestones', '1,3', '--lr-factor', '0.1']
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    assert run_script('mixmatch', *tiny_run_args(images, straight, cache, steps=6), *flags).returncode == 0
+    assert run_script('mixmatch', *tiny_run_args(images, split, cache, steps=4), *flags).returncode == 0
+    r = run_script('mixmatch', *tiny_run_args(images, split, cache, steps=6), *flags, '--resume', 'auto')
+    assert r.returncode == 0, r.stderr
+    a = torch.load(os.path.join(straight, 'checkpoint.pt'), weights_only=True)
+    b = torch.load(os.path.join(split, 'checkpoint.pt'), weights_only=True)
+    for key in ('model', 'ema'):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f'{key}.{name}'
+    lrs = [json.loads(line)['lr'] for line in open(os.path.join(split, 'log.jsonl'))]
+    assert lrs == pytest.approx([2e-4, 2e-5, 2e-5], rel=1e-9)  # steps 1, 3, 5 (the last before each evaluation)
+
+
+def test_flags_given_on_resume_win_over_the_schedule_saved(images, tmp_path):
+    cache, out = tmp_path / 'cache', str(tmp_path / 'run')
+    flags = ['--lr-schedule', 'exponential', '--lr-gamma']
+    assert run_script('mixmatch', *tiny_run_args(images, out, cache, steps=4), *flags, '0.5').returncode == 0
+    r = run_script('mixmatch', *tiny_run_args(images, out, cache, steps=6), *flags, '0.9', '--resume', 'auto')
+    assert r.returncode == 0, r.stderr
+    assert 'flags changed: lr_gamma, steps' in r.stdout
+    last = json.loads(open(os.path.join(out, 'log.jsonl')).read().splitlines()[-1])
+    assert last['lr'] == pytest.approx(2e-3 * 0.9 ** 5, rel=1e-9)
+
+
+def test_cutmix_pastes_a_box_of_the_partner_and_mixes_targets_by_area():
+    torch.manual_seed(0)
+    n, size = 64, 20
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size)  # image i: all pixels = i
+    targets = torch.eye(n)
+    partner = torch.randperm(n)
+    lam = torch.tensor(0.75)  # a box of side sqrt(0.25) = half the image's, clipped at the borders
+    x_mix, t_mix = semisup.mix_rows(x, targets, partner, lam, 'cutmix')
+    corners = set()
+    for i in range(n):
+        from_partner = x_mix[i, 0] == partner[i]
+        own = x_mix[i, 0] == i
+        assert bool((from_partner | own).all()) and torch.equal(x_mix[i, 0], x_mix[i, 2])  # every channel alike
+        rows, cols = from_partner.nonzero(as_tuple=True)
+        if partner[i] != i:
+            assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # one rectangle
+            assert rows.max() - rows.min() + 1 <= size // 2 and cols.max() - cols.min() + 1 <= size // 2
+            corners.add((int(rows.min()), int(cols.min())))
+            area = len(rows) / size ** 2
+            assert t_mix[i, partner[i]] == pytest.approx(area) and t_mix[i, i] == pytest.approx(1 - area)
+    assert len(corners) > 20  # a box per row, at its own place
+    mixup_x, mixup_t = semisup.mix_rows(x, targets, partner, lam, 'mixup')
+    assert torch.equal(mixup_x, 0.75 * x + 0.25 * x[partner]) and torch.equal(mixup_t, 0.75 * targets + 0.25 * targets[partner])
+
+
+def test_init_loads_the_backbone_and_a_head_of_another_class_count_starts_anew(tmp_path):
+    torch.manual_seed(0)
+    trained = build_model('wrn28_2', 4, 1, (0.3,), (0.2,), 0.01)
+    path = str(tmp_path / 'rot.pt')
+    torch.save({'ema': trained.state_dict(), 'args': {}, 'method': 'rotnet', 'arch': 'wrn28_2', 'num_classes': 4}, path)
+    model = build_model('wrn28_2', 10, 1, (0.5,), (0.5,), 0.01)
+    fresh_head = model.backbone.fc.weight.clone()
+    note = checkpoint.init_weights(model, path, 'wrn28_2')
+    assert 'the classifier head is initialized anew (this run has 10 classes)' in note
+    theirs, mine = trained.state_dict(), model.state_dict()
+    for k, v in mine.items():
+        if k.startswith('backbone.fc.'):
+            continue
+        assert torch.equal(v, theirs[k]), k  # BatchNorm statistics and the normalization included
+    assert torch.equal(model.backbone.fc.weight, fresh_head)
+    same = build_model('wrn28_2', 4, 1, (0.5,), (0.5,), 0.01)
+    assert 'every weight' in checkpoint.init_weights(same, path, 'wrn28_2')
+    assert all(torch.equal(v, theirs[k]) for k, v in same.state_dict().items())
+    three_channels = build_model('wrn28_2', 4, 3, (0.5,) * 3, (0.5,) * 3, 0.01)
+    with pytest.raises(checkpoint.UserError, match='do not fit this model'):
+        checkpoint.init_weights(three_channels, path, 'wrn28_2')
+
+
+def test_a_run_starts_from_another_runs_checkpoint_with_init(images, tmp_path):
+    cache = tmp_path / 'cache'
+    first, second = str(tmp_path / 'first'), str(tmp_path / 'second')
+    assert run_script('mixmatch', *tiny_run_args(images, first, cache)).returncode == 0
+    r = run_script('adaptive', *tiny_run_args(images, second, cache, steps=2), '--init', f'{first}/best.pt')
+    assert r.returncode == 0, r.stderr
+    assert f'--init: every weight from {first}/best.pt, a mixmatch checkpoint (3 classes)' in r.stdout
+
+
+def test_augmentation_flags_train_end_to_end(images, tmp_path):
+    out = str(tmp_path / 'run')
+    r = run_script('mixmatch', *tiny_run_args(images, out, tmp_path / 'cache', steps=2), '--randaugment', '2,9',
+                   '--augmix', '3', '--cutout', '4', '--mix', 'cutmix')
+    assert r.returncode == 0, r.stderr
+    assert 'augment padcrop + randaugment (2, 9) + augmix 3 + cutout 4' in r.stdout
+    ckpt = torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)
+    assert (ckpt['args']['randaugment'], ckpt['args']['mix']) == ((2, 9), 'cutmix')
+
+
+@pytest.mark.parametrize('system', ['etc/fixmatch', 'etc/meanteacher'])
+def test_fixmatch_and_mean_teacher_train_20_steps_and_evaluate(system, images, tmp_path):
+    out = str(tmp_path / 'run')
+    r = run_script(system, *tiny_run_args(images, out, tmp_path / 'cache', steps=20, eval_every=10),
+                   '--unlabeled-batch-size', '56', '--rampup-steps', '10')
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    assert [x['step'] for x in records] == [10, 20]
+    assert all(0 <= x['mask_ratio'] <= 1 and 0 <= x['test_top1'] <= 100 for x in records)
+    ckpt = torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)
+    assert ckpt['method'] == os.path.basename(system) and ckpt['step'] == 20
+    if system == 'etc/fixmatch':  # SGD with Nesterov momentum, lr 0.03 cos(7 pi k / 16 K)
+        assert ckpt['optimizer']['param_groups'][0]['nesterov'] and records[0]['threshold'] == pytest.approx(0.95)
+        assert records[1]['lr'] == pytest.approx(0.03 * math.cos(7 * math.pi * 19 / (16 * 20)))
+    else:  # the sigmoid ramp-up of the consistency weight: exp(-5 (1 - t)^2) of 100
+        assert records[0]['lambda_u'] == pytest.approx(100 * math.exp(-5 * (1 - 9 / 10) ** 2))
+        assert records[1]['lambda_u'] == 100 and records[0]['mask_ratio'] == 1
+    r = run_script(system, '--evaluate', f'{out}/best.pt', '--device', 'cpu', '--cache-dir', tmp_path / 'cache')
+    assert r.returncode == 0 and 'test top-1' in r.stdout, r.stderr
+
+
+def test_fixmatch_refuses_the_flags_of_mixmatchs_step(images, tmp_path):
+    r = run_script('etc/fixmatch', *tiny_run_args(images, str(tmp_path / 'run'), tmp_path / 'cache'), '--K', '3')
+    assert r.returncode == 2 and r.stderr.strip() == 'error: --K: not read by fixmatch (see --help)'
+    assert not os.path.exists(tmp_path / 'run')
+    help_text = run_script('etc/fixmatch', '--help').stdout
+    assert '--strong-ops' in help_text and '--K ' not in help_text and '(FixMatch: 0.03)' in help_text
