@@ -829,8 +829,9 @@ def main(args):
                 r = out and summarize(out)
                 if r:
                     all_results[(e, s)] = r
-    for t in args.tables:
-        print(f'wrote {write_table(t, seeds, args, all_results)}')
+    for t in TABLES:  # the tables asked for, and every other one with a finished run (the summary links them)
+        if t in args.tables or any(all_results.get((e, s)) for e, _ in table_rows(t, args.preset)[1] for s in seeds):
+            print(f'wrote {write_table(t, seeds, args, all_results)}')
     summary = os.path.join(args.results_dir, args.preset, 'README.md')
     with open(summary, 'w') as f:
         f.write(preset_summary(args, seeds, all_results))

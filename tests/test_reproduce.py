@@ -249,3 +249,4 @@ def test_a_call_for_one_seed_or_one_table_keeps_the_other_runs_of_the_preset(tmp
     assert '| 1 (one seed: not evidence) | 84.00 |' in table  # fixed-0.9
     summary = (results / 'quick' / 'README.md').read_text()
     assert '**Table 3' in summary and '61.00 ± 0.00 / 71.00 ± 0.00 (3)' in summary  # a table this call did not ask for
+    assert '| 3 | 61.00 ± 0.00 |' in (results / 'quick' / 'table3.md').read_text()  # written too: the summary links it
