@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import data
-from models import UserError, build_model
+from models import UserError, build_model, without_heads
 
 
 @torch.no_grad()
@@ -153,7 +153,8 @@ def evaluate_and_log(eval_model, eval_sets, w, lambda_u, step, log, meta, batch_
     record = {'step': step, 'loss': w['loss'], 'loss_x': w['loss_x'], 'loss_u': w['loss_u'], 'lambda_u': lambda_u,
               'mask_ratio': w.get('mask_ratio'), 'threshold': w.get('threshold'),
               'pseudo_label_acc': 100.0 * w['pl_correct'] / w['pl_count'] if w.get('pl_count') else None,
-              'confidence': w.get('confidence'), 'train_acc': w['train_acc'], 'lr': w.get('lr')}
+              'confidence': w.get('confidence'), 'train_acc': w['train_acc'], 'lr': w.get('lr'),
+              'loss_rot': w.get('loss_rot')}
     val = None
     for name, (x, y) in eval_sets.items():
         measured = x is not None and len(x) and (name != 'test' or wants_test(record.get('val_top1')))
@@ -198,7 +199,7 @@ def evaluate_checkpoint(args, rt):
     channels = ds.train_images.shape[1]  # the normalization statistics come from the checkpoint
     model = rt.prepare(build_model(a.arch, ckpt['num_classes'], channels, (0.5,) * channels, (0.5,) * channels,
                                    a.bn_momentum))
-    checkpoint.load_weights(model, ckpt['ema'], args.evaluate)
+    checkpoint.load_weights(model, without_heads(ckpt['ema']), args.evaluate)  # pretext heads play no part
     if ds.test_images is not None:
         r, name = evaluate(model, ds.test_images, ds.test_labels, a.eval_batch_size), 'test'
     else:

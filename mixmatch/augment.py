@@ -42,6 +42,12 @@ def augment(images, kind, randaugment_n_m=None, augmix_severity=0, cutout_size=0
     return x
 
 
+def rotate90(images, quarter_turns):
+    """Image i turned counter-clockwise by quarter_turns[i] x 90 degrees (RotNet's four classes); square images."""
+    turned = torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])   # 4 x N x C x H x W
+    return turned[quarter_turns, torch.arange(len(images), device=images.device)]
+
+
 def pad_crop_flip(images, pad):
     """Reflect-pad by `pad` pixels, crop back to H x W at a random offset, flip horizontally with p=0.5.
     The reflection is folded into the gather indices, so nothing is padded in memory."""

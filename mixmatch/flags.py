@@ -15,7 +15,7 @@ from models import UserError
 EVALUATE_FLAGS = {'evaluate', 'data_root', 'download', 'cache_dir', 'device', 'eval_batch_size'}
 # What plays no part when no unlabeled image is guessed (--labeled-only), besides the family's flags.
 UNLABELED_FLAGS = {'K', 'T', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start', 'unlabeled_batch_size',
-                   'drop_unkept', 'policy', 'train_acc'}
+                   'drop_unkept', 'policy', 'train_acc', 'rot_weight'}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -80,6 +80,8 @@ def common_parser():
                    help='the ramp\'s start, a fraction of --lambda-u (the original MixMatch: 0.05, for 19/300 of it)')
     g.add_argument('--labeled-only', action='store_true',
                    help='baseline: the same step on the labeled images alone; no unlabeled image is guessed or mixed')
+    g.add_argument('--rot-weight', type=float, default=0,
+                   help='RotNet loss: a 4-way rotation head on a rotated view per unlabeled image (191: 1, 192: 10)')
     g.add_argument('--drop-unkept', action='store_true',
                    help='remove unkept images from the batch, as the original (variable shapes), instead of masking')
 
@@ -164,12 +166,12 @@ def build_parser(description, add_method_flags, policies, not_read=frozenset()):
     flags in not_read (a script that does not use them) are left out of --help."""
     parser = OneLineParser(description=description, parents=[common_parser()],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    for action in parser._actions:
-        if action.dest in not_read:
-            action.help = argparse.SUPPRESS
     group = add_method_flags(parser)
     group.add_argument('--policy', default=next(iter(policies)), choices=list(policies),
                        help='which of this family\'s policies decides the kept images (classes in train.py)')
+    for action in parser._actions:
+        if action.dest in not_read:
+            action.help = argparse.SUPPRESS
     return parser
 
 
@@ -256,6 +258,7 @@ def finish_args(args, method):
         (not (args.drop_unkept and args.compile != 'off'), '--drop-unkept makes batch shapes vary; it cannot be '
                                                             'combined with --compile'),
         (args.cutout >= 0, f'--cutout {args.cutout} must be >= 0 pixels (0: off)'),
+        (args.rot_weight >= 0, '--rot-weight must be >= 0'),
         (0 <= args.augmix <= augment.AUGMIX_MAX_SEVERITY,
          f'--augmix {args.augmix} must be a severity in 1-{augment.AUGMIX_MAX_SEVERITY} (0: off)'),
         (args.lr_schedule != 'multistep' or args.lr_milestones,

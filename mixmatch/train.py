@@ -140,14 +140,24 @@ def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, arg
     x_mix, t_mix = semisup.mix_rows(x, targets, partner, lam, args.mix)
     x_mix = x_mix.contiguous(memory_format=rt.memory_format)
 
-    with rt.autocast():
-        logits = net(x_mix).float()
+    if args.rot_weight:  # RotNet (191, 192): each image's first view, turned 0-3 quarters, in the same forward
+        turns = torch.randint(4, (len(u.images),), device=dev)
+        x_rot = augment.rotate90(u.views[:len(u.images)], turns)
+        with rt.autocast():
+            logits, (rot_logits,) = net(torch.cat([x_mix, x_rot]).contiguous(memory_format=rt.memory_format),
+                                        heads=('rotation',))
+        logits, loss_rot = logits[:len(x_mix)].float(), F.cross_entropy(rot_logits[len(x_mix):].float(), turns)
+    else:
+        with rt.autocast():
+            logits = net(x_mix).float()
     loss_x = semisup.soft_cross_entropy(logits[:B], t_mix[:B]).mean()
     if u is None:
         term_u = loss_u = torch.zeros((), device=dev)
     else:
         term_u, loss_u = policy.loss(MixedRows(logits[B:], t_mix[B:], valid[B:], image[B:]), u, ctx)
     loss = loss_x + term_u
+    if args.rot_weight:
+        loss = loss + args.rot_weight * loss_rot
     rt.backward_and_step(loss, optimizer)
     if ema is not None:
         ema.update_parameters(net)
@@ -165,6 +175,8 @@ def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, arg
     train_acc.add(*rt.all_reduce(torch.stack([correct, torch.full_like(correct, B)])))
     num, den = train_acc.fraction()
     out = {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(), 'train_acc': 100.0 * num / den}
+    if args.rot_weight:
+        out['loss_rot'] = loss_rot.detach()
     if u is not None:
         known = keep & (u.hidden >= 0)
         out |= {'pl_correct': ((u.target.argmax(dim=1) == u.hidden) & known).sum(), 'pl_count': known.sum(),
@@ -208,8 +220,9 @@ def train(args, rt):
 
     # ---- model, EMA, optimizer, policy, samplers; or all of them as the checkpoint left them
     mean, std = data.pixel_stats(ds.train_images)
+    heads = {'rotation': lambda features: torch.nn.Linear(features, 4)} if args.rot_weight else None
     model = rt.prepare(build_model(args.arch, args.num_classes, ds.train_images.shape[1], mean, std, args.bn_momentum,
-                                   args.pretrained, args.download))
+                                   args.pretrained, args.download, heads))
     if args.init and run.ckpt is None:  # a resumed run continues its own weights
         say(checkpoint.init_weights(model, args.init, args.arch))
     ema = semisup.make_ema(model, args.ema_decay)

@@ -140,6 +140,10 @@ CASES = [
     ('adaptive', ['--init', '{other_arch}', '--out', '{empty}/fresh'],
      'the checkpoint is --arch resnet18, this run --arch wrn28_2'),
     ('adaptive', ['--init', '{not_ckpt}', '--out', '{empty}/fresh'], 'cannot load checkpoint {not_ckpt}'),
+    ('mixmatch', ['--labeled-only', '--rot-weight', '1'], '--rot-weight has no effect with --labeled-only'),
+    ('adaptive', ['--rot-weight', '-1'], '--rot-weight must be >= 0'),
+    ('etc/fixmatch', ['--K', '3'], '--K: not read by fixmatch'),
+    ('etc/rotnet', ['--lambda-u', '2'], '--lambda-u: not read by rotnet'),
 ]
 
 

@@ -15,7 +15,7 @@ DOCS = ['README.md', 'etc/sessions.md', 'etc/running.md', 'etc/speed.md', 'pretr
     if os.path.exists(os.path.join(d, 'README.md')))
 
 
-SCRIPTS = METHODS + ('etc/fixmatch', 'etc/meanteacher')
+SCRIPTS = METHODS + ('etc/fixmatch', 'etc/meanteacher', 'etc/rotnet')
 
 
 def parser_of(method):

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+import augment
 import checkpoint
 import semisup
 from conftest import make_plain_folder, run_script, tiny_run_args
@@ -160,3 +161,37 @@ def test_fixmatch_refuses_the_flags_of_mixmatchs_step(images, tmp_path):
     assert not os.path.exists(tmp_path / 'run')
     help_text = run_script('etc/fixmatch', '--help').stdout
     assert '--strong-ops' in help_text and '--K ' not in help_text and '(FixMatch: 0.03)' in help_text
+
+
+def test_rotate90_turns_each_image_by_its_own_quarter_turns():
+    images = torch.arange(2 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3).repeat(4, 1, 1, 1)   # 8 images
+    turns = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    out = augment.rotate90(images, turns)
+    for i, k in enumerate(turns.tolist()):
+        assert torch.equal(out[i], torch.rot90(images[i], k, dims=(-2, -1)))
+
+
+def test_rotation_loss_trains_a_rotation_head_and_evaluation_ignores_it(images, tmp_path):
+    out = str(tmp_path / 'run')
+    r = run_script('adaptive', *tiny_run_args(images, out, tmp_path / 'cache'), '--rot-weight', '10')
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    assert all(x['loss_rot'] > 0 for x in records)  # cross-entropy over 4 rotations
+    best = torch.load(os.path.join(out, 'best.pt'), weights_only=True)
+    assert best['ema']['heads.rotation.weight'].shape[0] == 4
+    r = run_script('adaptive', '--evaluate', f'{out}/best.pt', '--device', 'cpu', '--cache-dir', tmp_path / 'cache')
+    assert r.returncode == 0 and 'test top-1' in r.stdout, r.stderr
+
+
+def test_rotnet_pretraining_starts_a_method_with_init(images, tmp_path):
+    cache, pre, out = tmp_path / 'cache', str(tmp_path / 'rotnet'), str(tmp_path / 'adaptive')
+    r = run_script('etc/rotnet', *tiny_run_args(images, pre, cache, steps=4))
+    assert r.returncode == 0, r.stderr
+    best = torch.load(os.path.join(pre, 'best.pt'), weights_only=True)
+    assert (best['method'], best['num_classes'], best['classes']) == ('rotnet', 4, ['0', '90', '180', '270'])
+    records = [json.loads(line) for line in open(os.path.join(pre, 'log.jsonl'))]
+    assert all(0 <= x['val_top1'] <= 100 for x in records)  # rotation accuracy on the 4 turns of each val image
+    r = run_script('adaptive', *tiny_run_args(images, out, cache, steps=2), '--init', f'{pre}/best.pt')
+    assert r.returncode == 0, r.stderr
+    assert (f'--init: the backbone from {pre}/best.pt, a rotnet checkpoint (4 classes); the classifier head is '
+            'initialized anew (this run has 3 classes)') in r.stdout

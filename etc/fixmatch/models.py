@@ -94,39 +94,65 @@ def head_prefix(arch):
     return 'backbone.classifier.1.' if arch.startswith('efficientnet') else 'backbone.fc.'
 
 
+def without_heads(state):
+    """A state_dict without the pretext heads' weights (evaluation and --init do not use them)."""
+    return {k: v for k, v in state.items() if not k.startswith('heads.')}
+
+
 class Classifier(nn.Module):
     """Normalization + backbone. Input: pixels in [0, 255]; grey images are repeated to 3 channels for
-    torchvision backbones (they expect RGB)."""
+    torchvision backbones (they expect RGB). Pretext heads (heads={name: module}: RotNet's rotation classifier,
+    SimCLR's projection) read the features the classifier head reads: forward(x, heads=(name, ...)) returns
+    (class logits, [each named head's output]) from one pass of the backbone."""
 
-    def __init__(self, backbone, mean, std, repeat_to_rgb):
+    def __init__(self, backbone, mean, std, repeat_to_rgb, head_path, heads=None):
         super().__init__()
         self.backbone = backbone
         self.repeat_to_rgb = repeat_to_rgb
+        self.head_path = head_path  # the classifier head's path in the backbone, whose input the pretext heads read
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.heads = nn.ModuleDict(heads or {})  # empty: no state_dict keys, so every released file still loads
 
-    def forward(self, x):
+    def forward(self, x, heads=()):
         x = (x.float() - self.mean) / self.std
         if self.repeat_to_rgb:
             x = x.expand(-1, 3, -1, -1)
-        return self.backbone(x)
+        if not heads:
+            return self.backbone(x)
+        features = []
+        hook = self.backbone.get_submodule(self.head_path).register_forward_pre_hook(
+            lambda module, inputs: features.append(inputs[0]))
+        try:
+            logits = self.backbone(x)
+        finally:
+            hook.remove()
+        return logits, [self.heads[name](features[0]) for name in heads]
+
+    def feature_dim(self):
+        return self.backbone.get_submodule(self.head_path).in_features
 
 
-def build_model(arch, num_classes, in_channels, mean, std, bn_momentum, pretrained=False, download=False):
-    """mean/std: per-channel pixel statistics in [0, 1] of the training images (ImageNet's when pretrained)."""
+def build_model(arch, num_classes, in_channels, mean, std, bn_momentum, pretrained=False, download=False, heads=None):
+    """mean/std: per-channel pixel statistics in [0, 1] of the training images (ImageNet's when pretrained).
+    heads: {name: make(feature_dim) -> module}, the pretext heads to add."""
     if arch not in ARCHS:
         raise UserError(f'--arch {arch!r} is not one of {", ".join(ARCHS)}')
     if arch.startswith('wrn'):
         if pretrained:
             raise UserError(f'--pretrained: there are no ImageNet weights for {arch}; use a torchvision --arch')
         net = WideResNet(num_classes, in_channels, 28, int(arch.split('_')[1]), bn_momentum)
-        return Classifier(net, mean, std, repeat_to_rgb=False)
-    net = _torchvision_model(arch, num_classes, pretrained, download)
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = bn_momentum
-    if pretrained:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-        if in_channels == 1:  # grey input is normalized once, then repeated to RGB
-            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return Classifier(net, mean, std, repeat_to_rgb=(in_channels == 1))
+        model = Classifier(net, mean, std, False, head_prefix(arch)[len('backbone.'):-1])
+    else:
+        net = _torchvision_model(arch, num_classes, pretrained, download)
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = bn_momentum
+        if pretrained:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+            if in_channels == 1:  # grey input is normalized once, then repeated to RGB
+                mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        model = Classifier(net, mean, std, in_channels == 1, head_prefix(arch)[len('backbone.'):-1])
+    for name, make in (heads or {}).items():
+        model.heads[name] = make(model.feature_dim())
+    return model

@@ -188,12 +188,14 @@ def load_weights(module, state, path):
 
 def init_weights(model, path, arch):
     """--init PATH: the weights a checkpoint evaluates with (its EMA), every tensor but the classifier head, and
-    the head too where it has as many classes. Returns the line to print."""
+    the head too where it has as many classes; pretext heads (rotation, projection) are not carried over, and
+    this model's own start anew. Returns the line to print."""
     ckpt = load_checkpoint(path)
     if ckpt['arch'] != arch:
         raise UserError(f'--init {path}: the checkpoint is --arch {ckpt["arch"]}, this run --arch {arch}; start from '
                         f'a checkpoint of the same architecture')
-    mine, theirs, head = model.state_dict(), ckpt['ema'], models.head_prefix(arch)
+    mine, theirs = models.without_heads(model.state_dict()), models.without_heads(ckpt['ema'])
+    head = models.head_prefix(arch)
     body = {k: v for k, v in theirs.items() if not k.startswith(head)}
     missing = sorted(set(k for k in mine if not k.startswith(head)) - set(body))
     unfit = [k for k, v in body.items() if k not in mine or mine[k].shape != v.shape]
@@ -204,7 +206,7 @@ def init_weights(model, path, arch):
                         f'{tuple(mine[key].shape) if key in mine else "none"}; other image channels?)')
     head_fits = all(k in theirs and theirs[k].shape == v.shape for k, v in mine.items() if k.startswith(head))
     model.load_state_dict(body | ({k: theirs[k] for k in mine if k.startswith(head)} if head_fits else {}),
-                          strict=head_fits)
+                          strict=False)
     origin = f'{ckpt["method"]} checkpoint ({ckpt["num_classes"]} classes)'
     if head_fits:
         return f'--init: every weight from {path}, a {origin}'
