@@ -13,7 +13,7 @@ DEMO_OUT ?= runs/demo
 
 .PHONY: setup data demo demo-baseline test gpu-check copies clean
 SHARED  := augment checkpoint data flags metrics models policy runtime semisup
-FOLDERS := fixed adaptive etc/fixmatch etc/meanteacher etc/rotnet
+FOLDERS := fixed adaptive etc/fixmatch etc/meanteacher etc/rotnet etc/simclr
 
 setup: $(VENV)/.installed
 

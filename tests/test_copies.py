@@ -4,7 +4,7 @@ import os
 
 from conftest import METHODS, REPO
 
-EXPERIMENTS = ('etc/fixmatch', 'etc/meanteacher', 'etc/rotnet')  # the study's other systems: self-contained folders too
+EXPERIMENTS = ('etc/fixmatch', 'etc/meanteacher', 'etc/rotnet', 'etc/simclr')  # the study's other systems: self-contained folders too
 
 
 def test_shared_modules_are_identical_copies():

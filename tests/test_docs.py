@@ -15,7 +15,7 @@ DOCS = ['README.md', 'etc/sessions.md', 'etc/running.md', 'etc/speed.md', 'pretr
     if os.path.exists(os.path.join(d, 'README.md')))
 
 
-SCRIPTS = METHODS + ('etc/fixmatch', 'etc/meanteacher', 'etc/rotnet')
+SCRIPTS = METHODS + ('etc/fixmatch', 'etc/meanteacher', 'etc/rotnet', 'etc/simclr')
 
 
 def parser_of(method):
