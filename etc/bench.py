@@ -95,7 +95,8 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a, variant=
     rt = Runtime(args.device, args.amp, args.compile, channels_last=channels_last)
     dev = rt.device
     torch.manual_seed(0)
-    model = rt.prepare(build_model(args.arch, 10, c, (0.5,) * c, (0.25,) * c, args.bn_momentum))
+    model = rt.prepare(build_model(args.arch, 10, c, (0.5,) * c, (0.25,) * c, args.bn_momentum,
+                                   heads=train.pretext_heads(args)))
     ema = semisup.make_ema(model, args.ema_decay)
     net = rt.compile(model)
     optimizer = train.make_optimizer(model, args, dev)

@@ -216,6 +216,11 @@ def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, arg
     return out
 
 
+def pretext_heads(args):
+    """The heads the step trains besides the classifier: RotNet's 4-way rotation head with --rot-weight."""
+    return {'rotation': lambda features: torch.nn.Linear(features, 4)} if args.rot_weight else None
+
+
 def make_optimizer(model, args, device):
     fused = {'fused': True} if device.type in ('cuda', 'cpu') else {}
     if args.optimizer == 'adam':
@@ -251,9 +256,8 @@ def train(args, rt):
 
     # ---- model, EMA, optimizer, policy, samplers; or all of them as the checkpoint left them
     mean, std = data.pixel_stats(ds.train_images)
-    heads = {'rotation': lambda features: torch.nn.Linear(features, 4)} if args.rot_weight else None
     model = rt.prepare(build_model(args.arch, args.num_classes, ds.train_images.shape[1], mean, std, args.bn_momentum,
-                                   args.pretrained, args.download, heads))
+                                   args.pretrained, args.download, pretext_heads(args)))
     if args.init and run.ckpt is None:  # a resumed run continues its own weights
         say(checkpoint.init_weights(model, args.init, args.arch))
     ema = semisup.make_ema(model, args.ema_decay)

@@ -89,10 +89,10 @@ def test_bench_variants_give_one_row_per_flag_set(tmp_path):
     out = tmp_path / 'bench.json'
     r = subprocess.run([sys.executable, os.path.join(REPO, 'etc', 'bench.py'), '--device', 'cpu', '--methods',
                         'mixmatch', '--shapes', '8x8x1', '--batch', '8', '--steps', '1', '--warmup', '1', '--json',
-                        str(out), '--variants', ';--cutout 3;--randaugment 2,9'],
+                        str(out), '--variants', ';--cutout 3;--randaugment 2,9;--rot-weight 1'],
                        capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
     assert r.returncode == 0, r.stderr
     rows = json.load(open(out))
-    assert [x['flags'] for x in rows] == ['', '--cutout 3', '--randaugment 2,9']
+    assert [x['flags'] for x in rows] == ['', '--cutout 3', '--randaugment 2,9', '--rot-weight 1']
     assert len({(x['precision'], x['channels_last'], x['compile']) for x in rows}) == 1
-    assert '(defaults)' in r.stdout and r.stdout.rstrip().endswith('--randaugment 2,9')
+    assert '(defaults)' in r.stdout and r.stdout.rstrip().endswith('--rot-weight 1')
