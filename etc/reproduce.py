@@ -734,7 +734,7 @@ def earlier_runs(args):
             info = run_state(os.path.dirname(path))
             preset = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(path))))
             if info.get('done') and info.get('hardware') == here and info.get('wall_s') and preset in PRESETS:
-                found.append((info['entry'], info['command'].split()[1].split('/')[0], info['steps'], info['wall_s'],
+                found.append((info['entry'], os.path.dirname(info['command'].split()[1]), info['steps'], info['wall_s'],
                               PRESETS[preset]['setup']))
     return found
 
