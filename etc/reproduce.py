@@ -239,16 +239,17 @@ def write_state(out, info):
     os.replace(path + '.tmp', path)
 
 
-def without_device(cmd):
-    """A command line without its --device and --amp values: the same run wherever it ran (the precision each
-    run had is in its log, and one call keeps a table at one precision: check_precision)."""
-    return re.sub(r' --(device|amp) \S+', '', cmd)
+def what_runs(cmd):
+    """A command line without its --device, --amp and --out values: the same run wherever it ran and wherever it
+    wrote (the precision each run had is in its log, and one call keeps a table at one precision: check_precision;
+    a run of another --runs-dir, archived, is the same run)."""
+    return re.sub(r' --(device|amp|out) \S+', '', cmd)
 
 
 def is_done(out, cmd):
     """The run finished, with the command the tables ask for now (not an older preset's or entry's flags)."""
     info = run_state(out)
-    return bool(info.get('done')) and without_device(info.get('command', '')) == without_device('python ' + ' '.join(cmd))
+    return bool(info.get('done')) and what_runs(info.get('command', '')) == what_runs('python ' + ' '.join(cmd))
 
 
 def kept_time(out, since):
@@ -274,7 +275,7 @@ def launch(entry, seed, args, threads):
     log.flush()
     proc = subprocess.Popen([sys.executable, *cmd], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     return {'entry': entry, 'seed': seed, 'out': out, 'cmd': cmd, 'proc': proc, 'log': log,
-            't0': time.time(), 'threads': threads}
+            't0': time.time(), 'threads': threads, 'device': train_device(args.device)}
 
 
 def finish(job):
@@ -288,7 +289,7 @@ def finish(job):
     spent = time.time() - job['t0'] if done else kept_time(job['out'], job['t0'])  # a failed run redoes the rest
     info.update({'entry': job['entry'], 'seed': job['seed'], 'command': 'python ' + ' '.join(job['cmd']),
                  'wall_s': info.get('wall_s', 0.0) + spent, 'threads': job['threads'],
-                 'done': done, 'returncode': rc, 'steps': steps, 'hardware': hardware()})
+                 'done': done, 'returncode': rc, 'steps': steps, 'hardware': hardware(job['device'])})
     write_state(job['out'], info)
     return done
 
@@ -414,13 +415,25 @@ def signed_number(x, digits=2):
     return f'{x:+.{digits}f}'.replace('-', '\u2212')
 
 
-def hardware():
-    """This machine in words: CPU model and cores, or the GPU."""
+def hardware(device='cpu'):
+    """This machine in words: CPU model and cores, and the GPU the runs train on where device is 'cuda'."""
     model = ''
     if os.path.exists('/proc/cpuinfo'):
         m = re.search(r'model name\s*:\s*(.*)', open('/proc/cpuinfo').read())
         model = m.group(1).strip() if m else ''
-    return f'{model or "unknown CPU"}, {os.cpu_count()} cores'
+    cpu = f'{model or "unknown CPU"}, {os.cpu_count()} cores'
+    if device != 'cuda':
+        return cpu
+    import torch
+    return f'{torch.cuda.get_device_name()} ({cpu})'
+
+
+def train_device(device):
+    """Where the training scripts run for --device: cuda or cpu (auto: cuda where there is one)."""
+    if device != 'auto':
+        return device
+    import torch
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 def table_path(args, table):
@@ -728,7 +741,7 @@ def earlier_runs(args):
     """(entry, script, steps, wall_s, setup) of the finished runs on this kind of machine, under --runs-dir or
     archived, of any preset."""
     import glob
-    found, here = [], hardware()
+    found, here = [], hardware(train_device(args.device))
     for root in (args.runs_dir, os.path.join(args.results_dir, 'logs')):
         for path in glob.glob(os.path.join(root, '*', '*', 's*', 'reproduce.json')):
             info = run_state(os.path.dirname(path))
@@ -743,11 +756,9 @@ def machine_precision(device, amp):
     """The precision the scripts train at on this machine: --amp as given, or what their --amp auto decides."""
     if amp != 'auto':
         return amp
-    import torch
     sys.path.insert(0, os.path.join(REPO, 'adaptive'))
     from runtime import bf16_unusable
-    where = 'cuda' if device == 'cuda' or (device == 'auto' and torch.cuda.is_available()) else 'cpu'
-    return 'off' if bf16_unusable(where) else 'bf16'
+    return 'off' if bf16_unusable(train_device(device)) else 'bf16'
 
 
 def check_precision(pairs, args):
@@ -792,7 +803,7 @@ def plan(pairs, todo, args):
     hours = (f'about {total / 3600:.1f} h of run time, {total / 3600 / min(args.jobs, max(len(todo), 1)):.1f} h '
              f'of wall time at --jobs {args.jobs}' if todo else 'nothing to run')
     print(f'plan: {len(todo)} of {len(pairs)} runs to do ({name(todo)}); reused, finished with the same command: '
-          f'{name(reused)}. Estimate on {hardware()}: {hours}'
+          f'{name(reused)}. Estimate on {hardware(train_device(args.device))}: {hours}'
           + (f' (no earlier run here of {", ".join(dict.fromkeys(unknown))}: not counted)' if unknown else '')
           + '.', flush=True)
 

@@ -21,12 +21,16 @@ def test_without_cuda_it_stops_with_one_line_and_exit_2():
 
 
 def test_its_parts_are_the_headline_at_the_medium_preset_and_valid_commands(tmp_path):
-    parts = dict(gpu_check.parts(str(tmp_path)))
-    cmd = parts['headline, medium preset, seed 0']
-    args = reproduce.get_args(cmd[2:])  # the reproduce.py flags parse, and name table 2's headline entries
+    parts = gpu_check.parts(str(tmp_path))
+    assert parts[0][0].startswith('headline')  # the runs first: they matter most when device time is short
+    args = reproduce.get_args(parts[0][1][2:])  # the reproduce.py flags parse, and name table 2's headline entries
     assert args.preset == 'medium' and args.device == 'cuda' and args.jobs == 4 and args.seeds == 1
     assert args.entries == ['labeled-only', 'mixmatch', 'mixmatch-75', 'adaptive-ce-1']
     assert str(tmp_path) in args.runs_dir and str(tmp_path) in args.results_dir  # committed tables stay untouched
+    # the committed medium table: 3 seeds, all 12 runs at once, in reproduce.py's own layout
+    args = reproduce.get_args(gpu_check.parts(str(tmp_path), 3, 'runs/reproduce', 'etc/results')[0][1][2:])
+    assert (args.seeds, args.jobs, args.runs_dir, args.results_dir) == (3, 12, 'runs/reproduce', 'etc/results')
+    parts = dict(parts)
     for name in ('bench', 'released checkpoints'):  # each script accepts its flags (--help after them parses all)
         r = subprocess.run(parts[name][:2] + ['--help'], capture_output=True, text=True, cwd=REPO, timeout=120)
         assert r.returncode == 0, r.stderr

@@ -250,3 +250,24 @@ def test_a_call_for_one_seed_or_one_table_keeps_the_other_runs_of_the_preset(tmp
     summary = (results / 'quick' / 'README.md').read_text()
     assert '**Table 3' in summary and '61.00 ± 0.00 / 71.00 ± 0.00 (3)' in summary  # a table this call did not ask for
     assert '| 3 | 61.00 ± 0.00 |' in (results / 'quick' / 'table3.md').read_text()  # written too: the summary links it
+
+
+def test_runs_archived_from_another_machine_and_runs_dir_count_as_the_same_runs(tmp_path, monkeypatch):
+    """A GPU machine's runs (--device cuda, written under another --runs-dir) that come back as their archived
+    logs fill the table here, and a call here does not run them again."""
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / 'results'
+    elsewhere = tmp_path / 'gpu-runs'
+    fake_run(elsewhere, 'mixmatch-few', 0, [70, 80], [71, 81])
+    reproduce.main(reproduce.get_args(['--table', '3', '--entries', 'mixmatch-few', '--runs-dir', str(elsewhere),
+                                       '--results-dir', str(results), '--device', 'cuda', '--report']))
+    shutil.rmtree(elsewhere)  # only the archive comes back
+    args = reproduce.get_args(['--table', '3', '--entries', 'mixmatch-few', '--results-dir', str(results),
+                               '--runs-dir', str(tmp_path / 'runs')])
+    assert reproduce.finished_dir(args, 'mixmatch-few', 0) == reproduce.archive_dir(args, 'mixmatch-few', 0)
+    monkeypatch.setattr(reproduce, 'run_all', lambda todo, args: todo and pytest.fail(f'started {todo}') or [])
+    assert reproduce.main(args) == 0
+    assert '| 478 | 59.58 | 1 | 81.00 |' in (results / 'quick' / 'table3.md').read_text()  # the archived run's row
+    # a run with other flags is another run, wherever it wrote
+    assert not reproduce.is_done(reproduce.archive_dir(args, 'mixmatch-few', 0),
+                                 reproduce.command('mixmatch-few', 1, 'quick', 'cpu', str(tmp_path / 'runs')))
