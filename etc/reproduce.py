@@ -641,8 +641,14 @@ def readme_block(args, seeds):
                          f'{delta(results, entry, M75, seeds) if labels == LABELS else ""} | '
                          f'{delta(results, entry, base_lo, seeds)} | {checkpoint} |')
     links = [f'[{p}](etc/results/{p}/README.md)' for p in hidden]
-    links += [f'[policy table, {p}](etc/results/{p}/tableP.md)' for p in per_preset
-              if os.path.exists(os.path.join(args.results_dir, p, 'tableP.md'))]
+
+    def beyond_the_paper(preset, table):  # finished runs of the table's own entries (not only the headline's)
+        a = argparse.Namespace(**{**vars(args), 'preset': preset})
+        return any(finished_dir(a, e, sd) for e, _ in TABLES[table][1] if e not in entries and in_setup(e, preset)
+                   for sd in seeds)
+    links += [f'[{name}, {p}](etc/results/{p}/table{t}.md)' for t, name in (('P', 'policy table'),
+                                                                           ('S', 'other systems'))
+              for p in per_preset if beyond_the_paper(p, t)]
     if links:
         lines += ['', 'Also measured: ' + ', '.join(links) + '.']
     lines.append('<!-- results: end -->')
