@@ -6,7 +6,8 @@ and listed in pretrained/manifest.json and pretrained/README.md.
     python etc/release_pretrained.py --preset quick --seed 0
 
 An entry without a finished run directory here keeps the file and manifest row of an earlier release of the
-same preset and seed; files that the new manifest no longer lists are removed.
+same preset and seed; the releases of other presets and seeds stay; files that the new manifest no longer lists
+are removed. The manifest lists the releases with the most training steps first.
 """
 import argparse
 import json
@@ -35,26 +36,36 @@ def slim(best_path):
     return {'ema': ema, **{k: ckpt[k] for k in ('args', 'metrics', 'method', 'arch', 'num_classes', 'classes', 'meta')}}
 
 
-def readme(rows, preset, seed):
+def readme(rows):
+    """pretrained/README.md: one section per release (preset and seed), the longest-trained first."""
     lines = ['# Released checkpoints', '',
-             f'The best-val EMA weights (fp16) of each table entry, seed {seed} of the `{preset}` preset of '
-             '`etc/reproduce.py` on Fashion-MNIST (WRN-28-2)'
-             + (', trained with the first release\'s defaults: each training command spells them out, so it '
-                'reproduces its file with the current code' if reproduce.PRESETS[preset]['setup'] == 'v1' else '')
-             + '. Made by '
-             f'`python etc/release_pretrained.py --preset {preset} --seed {seed}`; checked by '
-             '`python etc/verify_pretrained.py` (sha256, then the numbers below, within 0.02 points), which CI runs.',
-             '',
+             'The best-val EMA weights (fp16) of table entries, one seed of a preset of `etc/reproduce.py` on '
+             'Fashion-MNIST (WRN-28-2), one section per release below. Checked by `python etc/verify_pretrained.py` '
+             '(sha256, then the numbers below, within 0.02 points), which CI runs.', '',
              'Evaluate one: `python <method>/train.py --evaluate pretrained/<file>` (any of the three scripts; '
              'weights_only loading; a file whose sha256 does not start with the hex in its name is refused). The '
              'numbers are what that prints on the CPU in fp32 for the fp16 file; "run" is the fp32 number the '
-             'training run logged for the same checkpoint.', '',
-             '| file | sha256 | table entry | session | training command | test top-1 | test top-5 | run top-1 |',
-             '|---|---|---|---|---|---|---|---|']
-    for r in rows:
-        lines.append(f'| `{r["file"]}` | `{r["sha256"]}` | {r["tables"]}: {r["entry"]} | {r["session"]} | '
-                     f'`{r["command"]}` | {r["test_top1"]:.2f} | {r["test_top5"]:.2f} | {r["run_test_top1"]:.2f} |')
+             'training run logged for the same checkpoint, on the machine it trained on. Through torch.hub '
+             '(`hubconf.py`): `<entry>_<preset>` loads one file (dashes and dots as underscores, e.g. '
+             '`adaptive_ce_1_medium`), and `<entry>` the longest-trained release of that entry.']
+    for preset, seed in dict.fromkeys((r['preset'], r['seed']) for r in release_order(rows)):
+        group = [r for r in rows if (r['preset'], r['seed']) == (preset, seed)]
+        lines += ['', f'## `{preset}` preset, seed {seed}: {group[0]["steps"]} steps', '',
+                  f'Made by `python etc/release_pretrained.py --preset {preset} --seed {seed}`'
+                  + (' from runs trained with the first release\'s defaults: each training command spells them out, '
+                     'so it reproduces its file with the current code' if reproduce.PRESETS[preset]['setup'] == 'v1'
+                     else '') + '.', '',
+                  '| file | sha256 | table entry | session | training command | test top-1 | test top-5 | run top-1 |',
+                  '|---|---|---|---|---|---|---|---|']
+        for r in group:
+            lines.append(f'| `{r["file"]}` | `{r["sha256"]}` | {r["tables"]}: {r["entry"]} | {r["session"]} | '
+                         f'`{r["command"]}` | {r["test_top1"]:.2f} | {r["test_top5"]:.2f} | {r["run_test_top1"]:.2f} |')
     return '\n'.join(lines) + '\n'
+
+
+def release_order(rows):
+    """The releases with the most training steps first (stable: within a length, the order they were made)."""
+    return sorted(rows, key=lambda r: -r['steps'])
 
 
 def main(argv=None):
@@ -64,12 +75,18 @@ def main(argv=None):
     p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'))
     args = p.parse_args(argv)
     os.chdir(REPO)
-    earlier = {}
+    earlier, others = {}, []
     if os.path.exists(MANIFEST):  # rows whose run directory is gone (another session or machine) are kept
         with open(MANIFEST) as f:
             m = json.load(f)
-        earlier = {r['entry']: r for r in m['checkpoints'] if (r['preset'], r['seed']) == (args.preset, args.seed)
-                   and os.path.exists(os.path.join(OUT, r['file']))}
+        for r in m['checkpoints']:
+            if not os.path.exists(os.path.join(OUT, r['file'])):
+                continue
+            r.setdefault('steps', reproduce.schedule(r['preset'])['steps'])
+            if (r['preset'], r['seed']) == (args.preset, args.seed):
+                earlier[r['entry']] = r
+            else:
+                others.append(r)  # other releases (presets or seeds) stay as they are
     rows = []
     for entry, (script, _, _, session, _) in reproduce.ENTRIES.items():
         if not reproduce.in_setup(entry, args.preset):
@@ -96,18 +113,21 @@ def main(argv=None):
         tables = ', '.join(f'table {t}' for t, (_, es) in reproduce.TABLES.items() if entry in dict(es))
         rows.append({'file': name, 'sha256': digest, 'entry': entry, 'tables': tables, 'session': session,
                      'method': script, 'command': info['command'], 'preset': args.preset, 'seed': args.seed,
+                     'steps': info['steps'], 'hardware': info.get('hardware', '?'),
                      'test_top1': top1, 'test_top5': top5, 'run_test_top1': ckpt['metrics']['test_top1'],
                      'run_test_top5': ckpt['metrics']['test_top5'], 'best_step': ckpt['metrics']['step']})
         print(f'{name}: test top-1 {top1:.2f} top-5 {top5:.2f} (run: {ckpt["metrics"]["test_top1"]:.2f})', flush=True)
-    keep = {r['file'] for r in rows}
+    released = release_order(others + rows)
+    keep = {r['file'] for r in released}
     for f in os.listdir(OUT):
         if f.endswith('.pt') and f not in keep:
             os.remove(os.path.join(OUT, f))
     with open(MANIFEST, 'w') as f:
-        json.dump({'preset': args.preset, 'seed': args.seed, 'checkpoints': rows}, f, indent=1)
+        json.dump({'checkpoints': released}, f, indent=1)
     with open(os.path.join(OUT, 'README.md'), 'w') as f:
-        f.write(readme(rows, args.preset, args.seed))
-    print(f'released {len(rows)} checkpoints into {OUT}')
+        f.write(readme(released))
+    print(f'released {len(rows)} checkpoints of preset {args.preset}, seed {args.seed} into {OUT} '
+          f'({len(released)} in the manifest)')
     return 0
 
 
