@@ -16,8 +16,8 @@ table. The full preset on a GPU (3 seeds of every table):
 
     python etc/reproduce.py --table all --seeds 3 --preset full --device cuda --jobs 4
 
-On one H200 the 12 runs of `--seeds 3` took 5.5 min and the 10 released checkpoints about a minute; the
-bench's compiled rows take minutes more (inductor, then CUDA graphs).
+On one H200 the 12 runs of `--seeds 3` took 5.5 min; the 10 released checkpoints and the bench's first five
+rows (one compiled) 2.5 min more, and its CUDA-graph row did not finish in the 8 min that call had.
 
 Exit code 0 if every part passed, 1 if one failed, 2 without a CUDA device.
 """
