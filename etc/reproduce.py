@@ -787,13 +787,26 @@ def check_precision(pairs, args):
     return here
 
 
+def steps_kept(args, entry, seed):
+    """The steps an unfinished run keeps when it resumes: its checkpoint's, the last evaluation it logged."""
+    out = run_dir(args.runs_dir, args.preset, entry, seed)
+    if not os.path.exists(os.path.join(out, 'checkpoint.pt')):
+        return 0
+    records = read_log(os.path.join(out, 'log.jsonl'))
+    return records[-1]['step'] if records else 0
+
+
 def plan(pairs, todo, args):
     """What a call will do, printed before it starts: runs to do, runs reused, and hours estimated from the
-    earlier runs of the same entry (else of the same script) on this kind of machine, scaled by steps."""
+    earlier runs of the same entry (else of the same script) on this kind of machine, scaled by the steps left
+    (a run that resumes from its checkpoint counts only the steps after it)."""
     earlier, steps = earlier_runs(args), schedule(args.preset)['steps']
-    total, unknown = 0.0, []
+    total, unknown, resumed = 0.0, [], []
     setup = PRESETS[args.preset]['setup']  # the same setup first: the v1 runs evaluated more often
-    for entry, _ in todo:
+    for entry, seed in todo:
+        kept = min(steps_kept(args, entry, seed), steps)
+        if kept:
+            resumed.append(f'{entry} s{seed} from step {kept}')
         script = ENTRIES[entry][0]
         same = next((found for found in (
             [w * steps / s for e, _, s, w, st in earlier if e == entry and st == setup],
@@ -801,7 +814,7 @@ def plan(pairs, todo, args):
             [w * steps / s for e, _, s, w, _ in earlier if e == entry],
             [w * steps / s for _, sc, s, w, _ in earlier if sc == script]) if found), None)
         if same:
-            total += statistics.median(same)
+            total += statistics.median(same) * (steps - kept) / steps
         else:
             unknown.append(entry)
     reused = [p for p in pairs if p not in todo]
@@ -811,7 +824,7 @@ def plan(pairs, todo, args):
     print(f'plan: {len(todo)} of {len(pairs)} runs to do ({name(todo)}); reused, finished with the same command: '
           f'{name(reused)}. Estimate on {hardware(train_device(args.device))}: {hours}'
           + (f' (no earlier run here of {", ".join(dict.fromkeys(unknown))}: not counted)' if unknown else '')
-          + '.', flush=True)
+          + (f'; resuming: {", ".join(resumed)}' if resumed else '') + '.', flush=True)
 
 
 def main(args):

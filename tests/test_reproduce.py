@@ -271,3 +271,16 @@ def test_runs_archived_from_another_machine_and_runs_dir_count_as_the_same_runs(
     # a run with other flags is another run, wherever it wrote
     assert not reproduce.is_done(reproduce.archive_dir(args, 'mixmatch-few', 0),
                                  reproduce.command('mixmatch-few', 1, 'quick', 'cpu', str(tmp_path / 'runs')))
+
+
+def test_the_plan_counts_only_the_steps_a_resumed_run_has_left(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / 'runs'
+    fake_run(runs, 'mixmatch-few', 0, [70, 80, 75, 76], [71, 81, 77, 78], done=False)  # logged to step 512 of 1024
+    (tmp_path / 'runs' / 'quick' / 'mixmatch-few' / 's0' / 'checkpoint.pt').write_bytes(b'')
+    args = reproduce.get_args(['--table', '3', '--seeds', '2', '--entries', 'mixmatch-few', '--runs-dir', str(runs),
+                               '--results-dir', str(tmp_path / 'results')])
+    earlier = [('mixmatch-few', 'mixmatch', 1024, 3600.0, 'faithful')]  # an hour per run here
+    monkeypatch.setattr(reproduce, 'earlier_runs', lambda args: earlier)
+    reproduce.plan([('mixmatch-few', 0), ('mixmatch-few', 1)], [('mixmatch-few', 0), ('mixmatch-few', 1)], args)
+    out = capsys.readouterr().out
+    assert 'about 1.5 h of run time' in out and 'resuming: mixmatch-few s0 from step 512' in out  # 0.5 h + 1 h
