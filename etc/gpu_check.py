@@ -10,6 +10,9 @@
     python etc/gpu_check.py                      # runs, bench JSON and table under runs/gpu-check
     python etc/gpu_check.py --seeds 3 --runs-dir runs/reproduce --results-dir etc/results   # the medium table
 
+Without a package registry (make setup needs one), any Python with torch >= 2.4, torchvision, numpy,
+tensorboardX and progress runs it as `python3 etc/gpu_check.py`, with Fashion-MNIST in its Debian folder.
+
 By default the runs go to --out, not to etc/results: the committed tables stay those of their own command.
 `--runs-dir runs/reproduce --results-dir etc/results` is etc/reproduce.py's own layout, for the committed medium
 table. The full preset on a GPU (3 seeds of every table):
