@@ -128,8 +128,9 @@ def policy_figure(runs, args, figures):
         ax.set_xlabel('step')
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc='lower right', ncol=2)
-    return save(fig, f'Every policy on Fashion-MNIST, 250 labels ({args.preset} preset; n seeds per line; at 1,024 '
-                     'steps the unlabeled set is seen about once: early progress)',
+    steps = reproduce.schedule(args.preset)['steps']
+    return save(fig, f'Every policy on Fashion-MNIST, 250 labels ({args.preset} preset, {steps:,} steps; n seeds per '
+                     f'line, mean and range).{reproduce.epochs_note(args.preset)}',
                 os.path.join(figures, f'{args.preset}-policies.png'))
 
 

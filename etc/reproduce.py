@@ -389,8 +389,20 @@ def batch_sizes(cmd):
 P_NOTE = (' Unlabeled guessed / step: K augmentations of each are labeled by the model; ensure-ratio draws and '
           'guesses further batches. ms / step: median over evaluation windows of the training step alone (the '
           'accuracy policies add a forward pass of the clean labeled batch); runs that shared the machine with '
-          'others were slowed alike. At 1,024 steps the unlabeled set is seen about once: the table ranks early '
-          'progress, not where the policies end.')
+          'others were slowed alike.')
+
+FMNIST_TRAIN, BATCH = 60000, 64  # the tables' data and batch size: how often a preset sees the unlabeled set
+
+
+def epochs_note(preset):
+    """How many times the preset's steps see Fashion-MNIST's unlabeled images (250 labels), and what that means
+    for a table that compares policies."""
+    s = schedule(preset)
+    passes = s['steps'] * BATCH / (FMNIST_TRAIN - s['n_val'] - 250)
+    if passes < 2:
+        return (f' At {s["steps"]:,} steps the unlabeled set is seen about once: the table ranks early progress, '
+                'not where the policies end.')
+    return f' At {s["steps"]:,} steps the unlabeled set is seen about {passes:.0f} times.'
 
 S_NOTE = (' Images / step: labeled and unlabeled images drawn per step (labeled-only: the labeled ones alone); '
           'FixMatch forwards each unlabeled image twice (weak, strong) with gradient, MixMatch K = 2 times without '
@@ -483,12 +495,18 @@ def write_table(table, seeds, args, results):
              'fp32 evaluation of the EMA weights. '
              'Mean ± sample standard deviation (n − 1) over seeds. Median (only where the test set was measured at '
              'every evaluation, `--test-when every-eval`): over the last 20 evaluations, or all of them when the '
-             'preset has fewer.' + {'P': P_NOTE, 'S': S_NOTE}.get(table, ''), '',
+             'preset has fewer.' + {'P': P_NOTE + epochs_note(args.preset), 'S': S_NOTE}.get(table, ''), '',
              f'Collected by `python etc/reproduce.py --table {table} --seeds {len(seeds)}'
              f'{"" if seeds[0] == 0 else f" --first-seed {seeds[0]}"} --preset {args.preset} --report` from the '
              f'runs that finished, here or archived in etc/results/logs/{args.preset} (runs of several calls, '
              'sessions or machines add up); the exact command of every run is below.', '',
              '| ' + ' | '.join(h for h, _ in columns) + ' |', '|' + '---|' * len(columns)]
+    figure = os.path.join(args.results_dir, 'figures', f'{args.preset}-policies.png')
+    if table == 'P' and os.path.exists(figure):  # drawn from the archived logs by etc/plot.py
+        lines[-2:-2] = [f'![Mask ratio and pseudo-label accuracy over steps, every policy with logs '
+                        f'({args.preset} preset)](../figures/{args.preset}-policies.png)', '',
+                        f'The figure: `python etc/plot.py --preset {args.preset}` (mean over the seeds each policy '
+                        'has; the table below gives n).', '']
     devices, walls = set(), []
     for entry, paper in rows:
         rs = [results.get((entry, seed)) for seed in seeds]

@@ -209,6 +209,12 @@ def test_median_only_where_every_evaluation_measured_the_test_set_and_the_policy
     assert '| 0 | — |' in text  # labeled-only guesses none; its log has no step time
     assert '| 64 | 410 |' in text and '| 128 | 410 |' in text  # a batch per step; warm-start's logged mean
     assert reproduce.summarize(reproduce.run_dir(str(runs), 'quick', 'mixmatch', 0))['tested_every']
+    assert 'seen about once: the table ranks early progress' in text and 'policies.png' not in text
+    (tmp_path / 'results' / 'figures').mkdir()
+    (tmp_path / 'results' / 'figures' / 'quick-policies.png').write_bytes(b'\x89PNG')  # etc/plot.py drew it
+    assert reproduce.main(args) == 0
+    assert '](../figures/quick-policies.png)' in open(tmp_path / 'results' / 'quick' / 'tableP.md').read()
+    assert reproduce.epochs_note('medium') == ' At 4,096 steps the unlabeled set is seen about 4 times.'
 
 
 def test_a_table_stays_at_one_precision(tmp_path, monkeypatch):
