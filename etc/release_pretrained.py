@@ -83,6 +83,8 @@ def main(argv=None):
             if not os.path.exists(os.path.join(OUT, r['file'])):
                 continue
             r.setdefault('steps', reproduce.schedule(r['preset'])['steps'])
+            if r['entry'] in reproduce.ENTRIES:  # the map to the study's sessions may be corrected later
+                r['session'] = reproduce.ENTRIES[r['entry']][3]
             if (r['preset'], r['seed']) == (args.preset, args.seed):
                 earlier[r['entry']] = r
             else:

@@ -391,6 +391,7 @@ P_NOTE = (' Unlabeled guessed / step: K augmentations of each are labeled by the
           'accuracy policies add a forward pass of the clean labeled batch); runs that shared the machine with '
           'others were slowed alike.')
 
+ONE_SEED = 'one seed: not evidence'  # beside n wherever a mean has a single run behind it
 FMNIST_TRAIN, BATCH = 60000, 64  # the tables' data and batch size: how often a preset sees the unlabeled set
 
 
@@ -498,8 +499,8 @@ def write_table(table, seeds, args, results):
              'preset has fewer.' + {'P': P_NOTE + epochs_note(args.preset), 'S': S_NOTE}.get(table, ''), '',
              f'Collected by `python etc/reproduce.py --table {table} --seeds {len(seeds)}'
              f'{"" if seeds[0] == 0 else f" --first-seed {seeds[0]}"} --preset {args.preset} --report` from the '
-             f'runs that finished, here or archived in etc/results/logs/{args.preset} (runs of several calls, '
-             'sessions or machines add up); the exact command of every run is below.', '',
+             f'runs that finished, here or archived in etc/results/logs/{args.preset} (runs of several calls '
+             'or machines add up); the exact command of every run is below.', '',
              '| ' + ' | '.join(h for h, _ in columns) + ' |', '|' + '---|' * len(columns)]
     figure = os.path.join(args.results_dir, 'figures', f'{args.preset}-policies.png')
     if table == 'P' and os.path.exists(figure):  # drawn from the archived logs by etc/plot.py
@@ -512,7 +513,7 @@ def write_table(table, seeds, args, results):
         rs = [results.get((entry, seed)) for seed in seeds]
         done = [r for r in rs if r]
         session, what = ENTRIES[entry][3], describe(entry, args.preset)
-        n = f'{len(done)}{" (one seed: not evidence)" if table == "P" and len(done) == 1 else ""}'
+        n = f'{len(done)}{f" ({ONE_SEED})" if len(done) == 1 else ""}'
         head = [f'{entry}: {what}', session, str(paper or '—'), n]
         if not done:
             lines.append('| ' + ' | '.join(head + ['not run'] + [''] * (len(columns) - 5)) + ' |')
@@ -597,7 +598,7 @@ def preset_summary(args, seeds, results):
                 missing.append(entry)
                 continue
             score = (f'{mean_std([r["best_top1"] for r in done])} / {mean_std([r["best_top5"] for r in done])} '
-                     f'({len(done)})')
+                     f'({len(done)}{f"; {ONE_SEED}" if len(done) == 1 else ""})')
             deltas = [delta(results, entry, base, seeds) for base in bases]
             ck = released.get((entry, args.preset))
             checkpoint = (f'[{ck["file"]}](../../../pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…`' if ck
@@ -655,7 +656,7 @@ def readme_block(args, seeds):
             checkpoint = f'[{ck["file"][:-3]}](pretrained/{ck["file"]})' if ck else '—'
             lines.append(f'| {tables[entry]}: {describe(entry, preset)} | {session} | {papers[entry] or "—"} | '
                          f'`{method_command(entry, preset)}` | **{mean_std([r["best_top1"] for r in done])}** '
-                         f'({len(done)}, {preset}) | {delta(results, entry, base_mm, seeds)} | '
+                         f'({len(done)}, {preset}{f"; {ONE_SEED}" if len(done) == 1 else ""}) | {delta(results, entry, base_mm, seeds)} | '
                          f'{delta(results, entry, M75, seeds) if labels == LABELS else ""} | '
                          f'{delta(results, entry, base_lo, seeds)} | {checkpoint} |')
     links = [f'[{p}](etc/results/{p}/README.md)' for p in hidden]

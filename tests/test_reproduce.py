@@ -128,12 +128,12 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
         '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
         '**58.50 ± 3.54** (2, quick) | −21.50 ± 2.12 (2) |  |  | — |',
         '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
-        '**56.00** (1, medium) | −29.00 (1) |  |  | — |',
+        '**56.00** (1, medium; one seed: not evidence) | −29.00 (1) |  |  | — |',
         '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
         '**80.00 ± 1.41** (2, quick) |  |  | +21.50 ± 2.12 (2) | '
         '[mixmatch-few-quick-s0-0123abcd](pretrained/mixmatch-few-quick-s0-0123abcd.pt) |',
         '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
-        '**85.00** (1, medium) |  |  | +29.00 (1) | — |']
+        '**85.00** (1, medium; one seed: not evidence) |  |  | +29.00 (1) | — |']
     assert 'Also measured: [quick-v1](etc/results/quick-v1/README.md).' in text and '99.00' not in text
 
 
@@ -273,7 +273,7 @@ def test_runs_archived_from_another_machine_and_runs_dir_count_as_the_same_runs(
     assert reproduce.finished_dir(args, 'mixmatch-few', 0) == reproduce.archive_dir(args, 'mixmatch-few', 0)
     monkeypatch.setattr(reproduce, 'run_all', lambda todo, args: todo and pytest.fail(f'started {todo}') or [])
     assert reproduce.main(args) == 0
-    assert '| 478 | 59.58 | 1 | 81.00 |' in (results / 'quick' / 'table3.md').read_text()  # the archived run's row
+    assert '| 478 | 59.58 | 1 (one seed: not evidence) | 81.00 |' in (results / 'quick' / 'table3.md').read_text()  # the archived run's row
     # a run with other flags is another run, wherever it wrote
     assert not reproduce.is_done(reproduce.archive_dir(args, 'mixmatch-few', 0),
                                  reproduce.command('mixmatch-few', 1, 'quick', 'cpu', str(tmp_path / 'runs')))
