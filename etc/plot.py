@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import sys
+import textwrap
 
 import matplotlib
 
@@ -117,7 +118,7 @@ def policy_figure(runs, args, figures):
                                                                             for recs in runs[e] for r in recs)]
     if len(entries) < 2:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(16, 5.5), sharex=True)
     for i, e in enumerate(entries):  # 10 colours x 3 line styles tell up to 30 policies apart
         style = {'color': f'C{i % 10}', 'linestyle': ('-', '--', ':')[i // 10]}
         curve(axes[0], runs, e, 'mask_ratio', scale=100.0, style=style)
@@ -127,7 +128,7 @@ def policy_figure(runs, args, figures):
     for ax in axes:
         ax.set_xlabel('step')
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc='lower right', ncol=2)
+    axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))  # beside the curves, not over them
     steps = reproduce.schedule(args.preset)['steps']
     return save(fig, f'Every policy on Fashion-MNIST, 250 labels ({args.preset} preset, {steps:,} steps; n seeds per '
                      f'line, mean and range).{reproduce.epochs_note(args.preset)}',
@@ -136,7 +137,7 @@ def policy_figure(runs, args, figures):
 
 def save(fig, title, path):
     """Title, layout, PNG; returns the path."""
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 11)), fontsize=10)  # ~11 characters an inch
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
