@@ -388,8 +388,9 @@ def batch_sizes(cmd):
 
 P_NOTE = (' Unlabeled guessed / step: K augmentations of each are labeled by the model; ensure-ratio draws and '
           'guesses further batches. ms / step: median over evaluation windows of the training step alone (the '
-          'accuracy policies add a forward pass of the clean labeled batch); runs that shared the machine with '
-          'others were slowed alike.')
+          'accuracy policies add a forward pass of the clean labeled batch), as the run measured it: runs that '
+          'shared the machine with other work were slowed by it, unequally, so this column does not rank the '
+          'policies\' cost; etc/speed.md times their steps alone.')
 
 ONE_SEED = 'one seed: not evidence'  # beside n wherever a mean has a single run behind it
 FMNIST_TRAIN, BATCH = 60000, 64  # the tables' data and batch size: how often a preset sees the unlabeled set
