@@ -14,7 +14,8 @@ Without a package registry (make setup needs one), any Python with torch >= 2.4,
 tensorboardX and progress runs it as `python3 etc/gpu_check.py`, with Fashion-MNIST in its Debian folder.
 
 By default the runs go to --out, not to etc/results: the committed tables stay those of their own command.
-`--runs-dir runs --results-dir etc/results` wrote the committed medium table. The full preset on a GPU (3 seeds of every table):
+`--runs-dir runs --results-dir etc/results` wrote the committed medium table. The full preset on a GPU (3 seeds
+of every table):
 
     python etc/reproduce.py --table all --seeds 3 --preset full --device cuda --jobs 4
 

@@ -397,10 +397,10 @@ FMNIST_TRAIN, BATCH = 60000, 64  # the tables' data and batch size: how often a 
 
 
 def epochs_note(preset):
-    """How many times the preset's steps see Fashion-MNIST's unlabeled images (250 labels), and what that means
+    """How many times the preset's steps see Fashion-MNIST's unlabeled images (LABELS labeled), and what that means
     for a table that compares policies."""
     s = schedule(preset)
-    passes = s['steps'] * BATCH / (FMNIST_TRAIN - s['n_val'] - 250)
+    passes = s['steps'] * BATCH / (FMNIST_TRAIN - s['n_val'] - LABELS)
     if passes < 2:
         return (f' At {s["steps"]:,} steps the unlabeled set is seen about once: the table ranks early progress, '
                 'not where the policies end.')
