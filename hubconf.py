@@ -1,21 +1,24 @@
-"""torch.hub entry points: one per released checkpoint in pretrained/manifest.json.
+"""torch.hub entry points: one per released checkpoint in pretrained/manifest.json. From a clone of this repository
+(its root as the first argument; torch.hub.load with the repository's GitHub owner/name and no source='local'
+fetches the same file from GitHub):
 
-    model = torch.hub.load('<owner>/<repo>', 'adaptive_ce_1')                     # from GitHub
-    model = torch.hub.load('.', 'adaptive_ce_1', source='local')                  # from a clone
+    model = torch.hub.load('.', 'adaptive_ce_1', source='local')                  # the longest-trained release
     model = torch.hub.load('.', 'adaptive_ce_1_quick_v1', source='local')         # one release by its preset
-    print(torch.hub.help('<owner>/<repo>', 'adaptive_ce_1'))                      # what it is, and its numbers
+    print(hubconf.adaptive_ce_1.__doc__)   # (after `import hubconf`) what it is, and its numbers
+    logits = model(images)   # images: N x 1 x 28 x 28 (or N x 28 x 28), uint8 or float pixels in [0, 255]
 
 `<entry>_<preset>` (dashes and dots as underscores) loads that release's file; `<entry>` loads the
 longest-trained release of the entry (the medium preset's where there is one). Each returns the WRN-28-2 of that
 table entry (the EMA weights, as evaluated) in eval mode, its file checked against the manifest's sha256. The
-model takes pixels in [0, 255] (uint8 or float, N x 1 x 28 x 28 for Fashion-MNIST) and normalizes them itself;
-`model.classes` names its outputs, `model.mean` and `model.std` are the normalization it applies (per channel,
-on the 0-255 scale).
+model takes Fashion-MNIST's pixels as they are: N x 1 x 28 x 28 (N x 28 x 28 is taken as N grey images), uint8 or
+float in [0, 255], and normalizes them itself; another shape is refused with the one it expects. `model.classes`
+names its outputs, `model.mean` and `model.std` are the normalization it applies (per channel, on the 0-255 scale).
 """
 import hashlib
 import importlib.util
 import json
 import os
+import warnings
 
 import torch
 
@@ -53,7 +56,35 @@ def _load(row, pretrained=True):
         model.mean.copy_(state['mean'])
         model.std.copy_(state['std'])
     model.classes = list(ckpt['classes'])
+    side = _INPUT_SIDE.get(ckpt['args']['dataset']) or ckpt['args'].get('image_size')
+    model.register_forward_pre_hook(_InputCheck(channels, side))
     return model.eval()
+
+
+_INPUT_SIDE = {'fashion_mnist': 28, 'cifar10': 32, 'cifar100': 32, 'svhn': 32, 'stl10': 96}  # pixels a side
+
+
+class _InputCheck:
+    """A forward pre-hook: N x H x W is N grey images (where the model is grey); any other shape than the training
+    images' N x C x H x W is refused with the shape expected, and float pixels all in [0, 1] are warned about."""
+
+    def __init__(self, channels, side):
+        self.channels, self.side = channels, side
+        self.expected = f'N x {channels} x {side} x {side}' + (f' (or N x {side} x {side})' if channels == 1 else '')
+
+    def __call__(self, module, inputs):
+        x = inputs[0]
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'the model takes a tensor of pixels in [0, 255], {self.expected}; got {type(x).__name__}')
+        if x.dim() == 3 and self.channels == 1:
+            x = x.unsqueeze(1)
+        if x.dim() != 4 or x.shape[1] != self.channels or (self.side and tuple(x.shape[2:]) != (self.side,) * 2):
+            raise ValueError(f'the model takes images {self.expected}, uint8 or float pixels in [0, 255]; '
+                             f'got shape {tuple(inputs[0].shape)}')
+        if x.is_floating_point() and x.numel() and float(x.max()) <= 1:
+            warnings.warn('the pixels are all in [0, 1] (ToTensor\'s scale?); the model takes [0, 255]: multiply by 255',
+                          stacklevel=2)
+        return (x,) + tuple(inputs[1:])
 
 
 def _name(text):

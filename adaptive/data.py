@@ -6,6 +6,7 @@ load_dataset() returns a Dataset with
                                         that we treat as unlabeled are kept: they only feed diagnostics)
   test_images / test_labels             the labeled test set, or None (the original NSML layout has none)
   classes                               class names, index order
+  note                                  how a folder's images were decoded (size, channels), or ''
 make_split() picks the validation and labeled indices, class-balanced and deterministic from --split-seed;
 on_device() moves the sets to the training device, and IndexStream samples batches there.
 """
@@ -25,6 +26,10 @@ FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'  # Debian package
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                          'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+OWN_SIZE_MAX = 64   # folder images at most this many pixels a side keep their own size (no --image-size given)
+LARGE_SIZE = 96     # larger ones are decoded at this side instead
+CACHE_FORMAT = 2    # the decoded-image cache; 1 kept grey images as 3 channels
+MIN_VAL_PER_CLASS = 10  # fewer validation images per class than this pick the best checkpoint nearly by chance
 
 
 @dataclass
@@ -34,14 +39,17 @@ class Dataset:
     test_images: torch.Tensor | None
     test_labels: torch.Tensor | None
     classes: list
+    note: str = ''
+
 
 
 def default_root(dataset):
     return FASHION_MNIST_SYSTEM_DIR if dataset == 'fashion_mnist' else './data'
 
 
-def load_dataset(name, root, download=False, image_size=96, num_classes=None, cache_dir=None):
-    """root None = the dataset's default location (default_root)."""
+def load_dataset(name, root, download=False, image_size=None, num_classes=None, cache_dir=None):
+    """root None = the dataset's default location (default_root); image_size None = a folder's images' own
+    size where none is over OWN_SIZE_MAX pixels a side, else LARGE_SIZE."""
     if name == 'fashion_mnist':
         return _fashion_mnist(root, download)
     root = root or default_root(name)
@@ -139,6 +147,8 @@ def _torchvision(name, root, download):
 # Image folders: the original NSML layout, or labeled/<class>/, unlabeled/, test/<class>/
 # ---------------------------------------------------------------------------------------------------------
 def _folder(root, image_size, num_classes, cache_dir):
+    if not os.path.isdir(root):
+        raise UserError(f'--data-root {root} does not exist (as seen from {os.getcwd()})')
     tsv = os.path.join(root, 'train', 'train_label')
     if os.path.isfile(tsv):
         files, labels, classes = _nsml_rows(root, tsv, num_classes)
@@ -150,10 +160,10 @@ def _folder(root, image_size, num_classes, cache_dir):
     else:
         raise UserError(f'--data-root {root} is neither the NSML layout (train/train_label) nor the plain layout '
                         f'(labeled/<class>/, unlabeled/, test/<class>/)')
-    images = _decode_cached(files + test_files, image_size, cache_dir)
+    images, note = _decode_cached(files + test_files, image_size, cache_dir)
     n = len(files)
     test = (images[n:], torch.tensor(test_labels)) if test_files else (None, None)
-    return Dataset(images[:n], torch.tensor(labels, dtype=torch.long), *test, classes)
+    return Dataset(images[:n], torch.tensor(labels, dtype=torch.long), *test, classes, note)
 
 
 def _nsml_rows(root, tsv, num_classes):
@@ -221,8 +231,11 @@ def _images_under(d):
 
 
 def _decode_cached(files, image_size, cache_dir):
-    """Decode every image once (resize the short side to image_size, centre crop), cache the uint8 tensor
-    under cache_dir keyed by file names, sizes, mtimes and image_size."""
+    """Decode every image once (resize the short side to the size, centre crop; grey when every image is grey),
+    cache the uint8 tensor under cache_dir keyed by file names, sizes, mtimes and image_size. Returns (images,
+    a line that says how they were decoded)."""
+    if not files:
+        raise UserError('the folder has no images (' + ', '.join(IMAGE_SUFFIXES) + ')')
     stats = []
     for path in files:
         try:
@@ -230,20 +243,47 @@ def _decode_cached(files, image_size, cache_dir):
         except OSError:
             raise UserError(f'image file missing: {path}') from None
         stats.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
-    key = hashlib.sha256(json.dumps([image_size, stats]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(json.dumps([CACHE_FORMAT, image_size, stats]).encode()).hexdigest()[:20]
     cache = os.path.join(cache_dir, f'images-{key}.pt') if cache_dir else None
     if cache and os.path.isfile(cache):
         try:
-            return torch.load(cache, weights_only=True)
+            cached = torch.load(cache, weights_only=True)
+            return cached['images'], cached['note']
         except Exception:  # a damaged cache file is rebuilt, never trusted
             pass
-    images = torch.stack([_decode(path, image_size) for path in files])
+    size, why = _decoded_size(files, image_size)
+    images = torch.stack([_decode(path, size) for path in files])
+    grey = all(bool((chunk[:, :1] == chunk[:, 1:]).all()) for chunk in images.split(4096))
+    if grey:  # one channel, as Fashion-MNIST: its checkpoints can --init the run, and the model computes less
+        images = images[:, :1].contiguous()
+    note = (f'folder images: {why}; ' + ('every image is grey: 1 channel' if grey else 'colour: 3 channels (RGB)'))
     if cache:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = cache + f'.tmp{os.getpid()}'
-        torch.save(images, tmp)
+        torch.save({'images': images, 'note': note}, tmp)
         os.replace(tmp, cache)
-    return images
+    return images, note
+
+
+def _decoded_size(files, image_size):
+    """The side the images are decoded at, and why: --image-size where given; else the images' own size (the
+    largest short side) where none is over OWN_SIZE_MAX pixels a side, and LARGE_SIZE where one is."""
+    if image_size is not None:
+        return image_size, f'{image_size} x {image_size} px (--image-size; short side resized, centre crop)'
+    from PIL import Image, UnidentifiedImageError
+    sides = []
+    for path in files:
+        try:
+            with Image.open(path) as im:  # reads the header only
+                sides.append(im.size)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise UserError(f'cannot decode image {path} ({type(e).__name__}); remove or replace the file') from None
+    if max(max(wh) for wh in sides) <= OWN_SIZE_MAX:
+        size = max(min(wh) for wh in sides)
+        return size, (f'{size} x {size} px, their own size (none is over {OWN_SIZE_MAX} px a side; --image-size N '
+                      'resizes them)')
+    return LARGE_SIZE, (f'{LARGE_SIZE} x {LARGE_SIZE} px (some are over {OWN_SIZE_MAX} px a side: short side resized, '
+                        'centre crop; --image-size N for another size)')
 
 
 def _decode(path, size):
@@ -350,6 +390,18 @@ def pixel_stats(images):
     mean = total / n
     std = (sq / n - mean * mean).clamp(min=1e-12).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def notes(ds, split):
+    """Lines to print at the start of a run: how a folder's images were decoded, and a warning where the validation
+    set is too small to pick the best checkpoint."""
+    lines = [ds.note] if ds.note else []
+    n_val, n_classes = len(split['val']), len(ds.classes)
+    if 0 < n_val < MIN_VAL_PER_CLASS * n_classes:
+        lines.append(f'warning: {n_val} validation images ({n_val / n_classes:.3g} per class) pick the best checkpoint '
+                     f'nearly by chance: where there are labeled images to spare, hold out {MIN_VAL_PER_CLASS} per class '
+                     f'(--n-val {MIN_VAL_PER_CLASS * n_classes}); with --n-val 0, best.pt is the last evaluation')
+    return lines
 
 
 def load_data(args):

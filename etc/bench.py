@@ -122,8 +122,8 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a, variant=
 
     def step(i):  # as the training loop runs it
         i_l = streams[0].next()
-        ctx = Context(i, train_acc.fraction(), val_acc, rt, draw_unlabeled, lambda x: train.forward(net, rt, x),
-                      train_acc.completed())
+        ctx = Context(i, args.steps, train_acc.fraction(), val_acc, rt, draw_unlabeled,
+                      lambda x: train.forward(net, rt, x), train_acc.completed())
         u = None if args.labeled_only else draw_unlabeled()
         if args.labeled_only:
             streams[1].next()

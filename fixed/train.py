@@ -232,6 +232,11 @@ def make_optimizer(model, args, device):
 def train(args, rt):
     say = print if rt.is_main else (lambda *a, **k: None)
     run = checkpoint.open_run(args, METHOD, run_tag(args), rt)  # decided before anything is written
+    if run.ckpt is not None and run.ckpt['step'] >= args.steps:
+        say(f'already finished at step {run.ckpt["step"]} (--steps {args.steps}): {run.out} is left as it is; '
+            'pass a larger --steps to train further')
+        return
+    init = checkpoint.load_init(args.init, args.arch) if args.init and run.ckpt is None else None  # before the data
     say(f'git {metrics.git_sha()}  torch {torch.__version__}  device {rt.describe()}  amp {rt.precision}')
     say('args ' + ' '.join(f'{k}={v}' for k, v in sorted(vars(args).items())), flush=True)
 
@@ -253,13 +258,15 @@ def train(args, rt):
         + ''.join(f' + {name} {value}' for name, value in (('randaugment', args.randaugment),
                   ('augmix', args.augmix), ('cutout', args.cutout)) if value),
         flush=True)
+    for line in data.notes(ds, split):
+        say(line, flush=True)
 
     # ---- model, EMA, optimizer, policy, samplers; or all of them as the checkpoint left them
     mean, std = data.pixel_stats(ds.train_images)
     model = rt.prepare(build_model(args.arch, args.num_classes, ds.train_images.shape[1], mean, std, args.bn_momentum,
                                    args.pretrained, args.download, pretext_heads(args)))
-    if args.init and run.ckpt is None:  # a resumed run continues its own weights
-        say(checkpoint.init_weights(model, args.init, args.arch))
+    if init is not None:  # a resumed run continues its own weights instead
+        say(checkpoint.init_weights(model, init, args.init))
     ema = semisup.make_ema(model, args.ema_decay)
     eval_model = model if ema is None else ema.module
     net = rt.compile(rt.ddp(model))  # runs the training forward passes; shares its parameters with `model`
@@ -270,12 +277,12 @@ def train(args, rt):
     streams = {'labeled': data.IndexStream(len(x_lab), args.batch_size, dev),
                'unlabeled': data.IndexStream(len(x_unl), args.unlabeled_batch_size, dev)}
     train_acc = semisup.TrainAccuracy(dev, args.acc_seed)
-    progress = checkpoint.Progress()
+    progress, flag_changes = checkpoint.Progress(), []
     if run.ckpt is not None:
         progress, note = checkpoint.restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams)
-        changed = checkpoint.changed_flags(run.ckpt, args)
+        flag_changes = checkpoint.flag_changes(run.ckpt, args, progress.step)
         say((note + '\n' if note else '') + f'resumed {run.resume} at step {progress.step}'
-            + (f' (flags changed: {", ".join(changed)})' if changed else ''))
+            + checkpoint.describe_changes(flag_changes[-1:], progress.step))
 
     # ---- the run directory is written from here on (by the first process only)
     if rt.is_main:
@@ -285,6 +292,8 @@ def train(args, rt):
                 json.dump({k: v.tolist() for k, v in split.items()} | {'split_seed': args.split_seed}, f)
     log = metrics.RunLog(run.out, progress.step, args.steps, enabled=rt.is_main)
     meta = {'git_sha': metrics.git_sha(), 'torch': str(torch.__version__), 'device': rt.describe(), 'amp': rt.precision}
+    if flag_changes:  # every flag changed on a resume, from which step: in each later log record and checkpoint
+        meta['flag_changes'] = flag_changes
 
     # ---- training loop: metrics stay on the device until a print or an evaluation
     eval_sets = {k: sets[k] for k in ('val', 'test')}
@@ -310,7 +319,7 @@ def train(args, rt):
             u = None
         else:
             u = draw()
-        ctx = Context(step, train_acc.fraction(), val_acc, rt, draw, run_model, train_acc.completed())
+        ctx = Context(step, args.steps, train_acc.fraction(), val_acc, rt, draw, run_model, train_acc.completed())
         m = train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
         first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
         meter.add(**m)

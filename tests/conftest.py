@@ -89,10 +89,10 @@ def make_guess(mean_prob, T=0.5):
                  torch.zeros(2 * n, 1, 1, 1), mean_prob, semisup.sharpen(mean_prob, T))
 
 
-def context(rt, train_acc=None, val_acc=None, step=0, draw=None, forward=None, window_acc=None):
+def context(rt, train_acc=None, val_acc=None, step=0, steps=1024, draw=None, forward=None, window_acc=None):
     """What a policy reads besides the batch; accuracies as (correct, seen) pairs."""
     as_tensors = lambda pair: tuple(torch.tensor(v) for v in pair) if pair is not None else None  # noqa: E731
-    return Context(step, as_tensors(train_acc or (0, 1)), as_tensors(val_acc or (0, 1)), rt, draw, forward,
+    return Context(step, steps, as_tensors(train_acc or (0, 1)), as_tensors(val_acc or (0, 1)), rt, draw, forward,
                    as_tensors(window_acc or (0, 1)))
 
 
@@ -102,6 +102,6 @@ def step_once(train, net, ema, optimizer, rt, args, batch, train_acc, val_acc=(0
     x_l, y_l, x_u, y_u = batch
     policy = policy or train.POLICIES[args.policy](args, args.num_classes, len(x_u)).to(rt.device)
     u = None if args.labeled_only else train.guess_labels(net, rt, x_u, torch.arange(len(x_u)), y_u, args)
-    ctx = Context(step, train_acc.fraction(), tuple(torch.tensor(v) for v in val_acc), rt, draw=None,
+    ctx = Context(step, args.steps, train_acc.fraction(), tuple(torch.tensor(v) for v in val_acc), rt, draw=None,
                   forward=lambda images: train.forward(net, rt, images), window_acc=train_acc.completed())
     return train.train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, args)

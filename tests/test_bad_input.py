@@ -51,8 +51,8 @@ def snapshot(folder):
 
 
 # (method, flags, expected fragment of the one stderr line). {x} is filled from the `world` fixture;
-# unless a case sets its own --out/--resume, it runs against the finished run with --resume auto, with the tiny
-# image folder's flags (without them where it names another --dataset; only --device and --cache-dir with --evaluate).
+# unless a case sets its own --out/--resume, it resumes the tiny run (4 steps done) with --resume auto and --steps 8,
+# with the tiny image folder's flags (without them where it names another --dataset; only --device and --cache-dir with --evaluate).
 CASES = [
     ('fixed', ['--threshold', '0'], '--threshold 0.0 must be in (0, 1]'),
     ('fixed', ['--threshold', '1.5'], '--threshold 1.5 must be in (0, 1]'),
@@ -67,6 +67,9 @@ CASES = [
     ('adaptive', ['--unlabeled-batch-size', '0'], '--unlabeled-batch-size must be at least 1'),
     ('adaptive', ['--steps', 'ten'], "argument --steps: invalid int value: 'ten'"),
     ('adaptive', ['--no-such-flag'], 'unrecognized arguments: --no-such-flag'),
+    ('adaptive', ['--threshold', '0.8'], '--threshold is a flag of fixed/train.py and etc/fixmatch/train.py, not of this'),
+    ('mixmatch', ['--min-th=0.5'], '--min-th is a flag of adaptive/train.py, not of this script'),
+    ('fixed', ['--mixed-threshold', '0.9'], '--mixed-threshold is a flag of mixmatch/train.py, not of this script'),
     ('adaptive', ['--arch', 'vgg16'], "argument --arch: invalid choice: 'vgg16'"),
     ('adaptive', ['--amp', 'fp16'], '--amp fp16 needs CUDA'),
     ('adaptive', ['--compile', 'reduce-overhead'], '--compile reduce-overhead (CUDA graphs) needs CUDA'),
@@ -80,6 +83,7 @@ CASES = [
      'cifar10 not found: expected {empty}/cifar-10-batches-py'),
     ('adaptive', ['--dataset', 'cifar10', '--data-root', '{empty}'], 'the checkpoint trained with --dataset folder'),
     ('adaptive', ['--data-root', '{empty}'], 'is neither the NSML layout'),
+    ('adaptive', ['--data-root', '{empty}/nowhere'], '--data-root {empty}/nowhere does not exist (as seen from'),
     ('adaptive', ['--data-root', '{nsml_bad_row}'], 'line 14: expected 3 tab-separated fields'),
     ('adaptive', ['--data-root', '{nsml_bad_label}', '--num-classes', '3'], 'line 14: label 5 outside the class range [0, 3)'),
     ('adaptive', ['--data-root', '{corrupt}'], 'cannot decode image {corrupt}/unlabeled/torn.jpg'),
@@ -90,6 +94,10 @@ CASES = [
     ('adaptive', ['--resume', '{empty}/nothing.pt'], 'checkpoint not found: {empty}/nothing.pt'),
     ('adaptive', ['--resume', None], 'is not empty: pass --resume auto to continue it'),
     ('mixmatch', ['--evaluate', '{not_ckpt}'], 'cannot load checkpoint {not_ckpt}'),
+    ('adaptive', ['--evaluate', '{run}'],
+     '{run} is a directory, not a checkpoint: pass a file in it, {run}/best.pt or {run}/checkpoint.pt'),
+    ('adaptive', ['--evaluate', '{empty}'], 'e.g. <run>/best.pt (its best weights) or <run>/checkpoint.pt'),
+    ('adaptive', ['--resume', '{run}'], '{run} is a directory, not a checkpoint'),
     ('adaptive', ['--evaluate', '{run}/best.pt', '--data-root', '{nsml_bad_label}'], 'trained on 3 classes, the data has 6'),
     ('fixed', ['--evaluate', '{renamed}'], 'does not match the 00000000 in its name'),
     ('adaptive', ['--resume', '{run}/best.pt'], 'an evaluation checkpoint (best.pt or a released file) cannot'),
@@ -131,8 +139,8 @@ CASES = [
     ('adaptive', ['--randaugment', '0,5'], 'expected N,M with N >= 1 ops and M in 0-30'),
     ('mixmatch', ['--cutout', '-4'], '--cutout -4 must be >= 0 pixels'),
     ('fixed', ['--augmix', '11'], '--augmix 11 must be a severity in 1-10'),
-    ('adaptive', ['--lr-schedule', 'multistep', '--lr-milestones', '2,9'], 'must be increasing steps in 1-3 (--steps 4)'),
-    ('adaptive', ['--lr-schedule', 'multistep', '--lr-milestones', '3,2'], 'must be increasing steps in 1-3'),
+    ('adaptive', ['--lr-schedule', 'multistep', '--lr-milestones', '2,9'], 'must be increasing steps in 1-7 (--steps 8)'),
+    ('adaptive', ['--lr-schedule', 'multistep', '--lr-milestones', '3,2'], 'must be increasing steps in 1-7'),
     ('adaptive', ['--lr-schedule', 'multistep'], '--lr-schedule multistep needs --lr-milestones'),
     ('adaptive', ['--lr-schedule', 'exponential'], '--lr-schedule exponential needs --lr-gamma'),
     ('adaptive', ['--lr-gamma', '0.9'], '--lr-gamma has no effect with --lr-schedule constant'),
@@ -140,6 +148,8 @@ CASES = [
     ('adaptive', ['--init', '{other_arch}', '--out', '{empty}/fresh'],
      'the checkpoint is --arch resnet18, this run --arch wrn28_2'),
     ('adaptive', ['--init', '{not_ckpt}', '--out', '{empty}/fresh'], 'cannot load checkpoint {not_ckpt}'),
+    ('adaptive', ['--init', '{other_arch}', '--data-root', '{empty}', '--out', '{empty}/fresh'],  # before the data
+     'the checkpoint is --arch resnet18, this run --arch wrn28_2'),
     ('mixmatch', ['--labeled-only', '--rot-weight', '1'], '--rot-weight has no effect with --labeled-only'),
     ('adaptive', ['--rot-weight', '-1'], '--rot-weight must be >= 0'),
     ('etc/fixmatch', ['--K', '3'], '--K: not read by fixmatch'),
@@ -150,7 +160,7 @@ CASES = [
 @pytest.mark.parametrize('method,flags,expected', CASES, ids=[c[2][:40] for c in CASES])
 def test_bad_input_exits_2_with_one_line(world, method, flags, expected):
     flags = [f.format(**world) if isinstance(f, str) else f for f in flags]
-    args = tiny_run_args(world['images'], world['run'], world['cache']) + ['--resume', 'auto']
+    args = tiny_run_args(world['images'], world['run'], world['cache'], steps=8) + ['--resume', 'auto']
     if '--dataset' in flags:  # another dataset: the image folder's own flags would be refused
         for folder_flag in ('--dataset', '--data-root', '--image-size', '--cache-dir'):
             i = args.index(folder_flag)
@@ -170,3 +180,16 @@ def test_bad_input_exits_2_with_one_line(world, method, flags, expected):
     assert expected.format(**world) in lines[0]
     assert snapshot(world['run']) == before
     assert not os.path.exists(os.path.join(world['empty'], 'fresh'))  # a new run that fails writes nothing
+
+
+def test_the_table_of_other_scripts_flags_is_each_scripts_own_flags():
+    """flags.SCRIPT_FLAGS names, for a flag given to the wrong script, the scripts that have it: it must list
+    exactly each script's own flags (those beyond the shared ones and --policy)."""
+    import flags
+    from conftest import load_train
+    shared = {o for a in flags.common_parser()._actions for o in a.option_strings} | {'--policy', '-h', '--help'}
+    for script in ('mixmatch', 'fixed', 'adaptive', 'etc/fixmatch', 'etc/meanteacher', 'etc/rotnet', 'etc/simclr'):
+        train = load_train(script)
+        parser = flags.build_parser('', train.add_method_flags, train.POLICIES)
+        own = {o for a in parser._actions for o in a.option_strings} - shared
+        assert own == set(flags.SCRIPT_FLAGS.get(f'{script}/train.py', ())), script

@@ -114,3 +114,57 @@ def test_corrupt_image_is_named(tmp_path):
 def test_folder_that_is_neither_layout(tmp_path):
     with pytest.raises(UserError, match='neither the NSML layout'):
         data.load_dataset('folder', str(tmp_path), cache_dir=None)
+
+
+def write_image(path, size, mode, seed):
+    """A PNG of size (w, h) in PIL mode L (grey) or RGB."""
+    from PIL import Image
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    channels = 1 if mode == 'L' else 3
+    pixels = torch.randint(0, 256, (size[1], size[0], channels), dtype=torch.uint8, generator=g).squeeze(2)
+    Image.fromarray(pixels.numpy(), mode).save(path)
+
+
+def folder_of(root, sizes, mode):
+    """labeled/a, labeled/b and unlabeled/ images of the given (w, h) sizes."""
+    for i, size in enumerate(sizes):
+        where = ('labeled/a', 'labeled/b', 'unlabeled')[i % 3]
+        write_image(os.path.join(root, where, f'{i}.png'), size, mode, i)
+    return root
+
+
+def test_small_folder_images_keep_their_size_and_grey_ones_one_channel(tmp_path):
+    """Without --image-size, images of at most 64 px a side are decoded at their own size (the largest short
+    side), not upscaled to 96; grey ones keep one channel, so that a Fashion-MNIST checkpoint fits them."""
+    root = folder_of(str(tmp_path / 'grey'), [(28, 28)] * 9, 'L')
+    ds = data.load_dataset('folder', root, cache_dir=str(tmp_path / 'cache'))
+    assert ds.train_images.shape == (9, 1, 28, 28)
+    assert ds.note == ('folder images: 28 x 28 px, their own size (none is over 64 px a side; --image-size N '
+                       'resizes them); every image is grey: 1 channel')
+    again = data.load_dataset('folder', root, cache_dir=str(tmp_path / 'cache'))       # from the cache: the same
+    assert torch.equal(again.train_images, ds.train_images) and again.note == ds.note
+    from PIL import Image
+    pixels = np.asarray(Image.open(os.path.join(root, 'labeled', 'a', '0.png')))
+    assert np.array_equal(ds.train_images[0, 0].numpy(), pixels)                      # unchanged, pixel for pixel
+    mixed = folder_of(str(tmp_path / 'mixed'), [(24, 24), (20, 30), (32, 28)] * 3, 'RGB')
+    ds = data.load_dataset('folder', mixed, cache_dir=None)
+    assert ds.train_images.shape[1:] == (3, 28, 28) and 'colour: 3 channels' in ds.note
+
+
+def test_large_folder_images_are_resized_to_96_and_an_explicit_size_wins(tmp_path):
+    root = folder_of(str(tmp_path / 'large'), [(80, 60), (40, 40), (120, 100)] * 3, 'RGB')
+    ds = data.load_dataset('folder', root, cache_dir=None)
+    assert ds.train_images.shape[1:] == (3, 96, 96) and 'some are over 64 px a side' in ds.note
+    ds = data.load_dataset('folder', root, image_size=32, cache_dir=None)
+    assert ds.train_images.shape[1:] == (3, 32, 32) and '32 x 32 px (--image-size' in ds.note
+
+
+def test_a_validation_set_under_10_images_per_class_is_warned_about():
+    ds = data.Dataset(None, None, None, None, ['a', 'b', 'c'], 'folder images: ...')
+    few = {'val': np.arange(9)}
+    assert data.notes(ds, few) == ['folder images: ...', 'warning: 9 validation images (3 per class) pick the best '
+                                   'checkpoint nearly by chance: where there are labeled images to spare, hold out 10 '
+                                   'per class (--n-val 30); with --n-val 0, best.pt is the last evaluation']
+    assert data.notes(ds, {'val': np.arange(30)}) == ['folder images: ...']
+    assert data.notes(ds, {'val': np.arange(0)}) == ['folder images: ...']            # --n-val 0: asked for

@@ -59,7 +59,7 @@ def test_relative_links_in_docs_resolve():
 
 def test_readme_leads_with_results_and_speaks_of_the_release_alone():
     lines = open(os.path.join(REPO, 'README.md')).read().splitlines()
-    assert len(lines) <= 250
+    assert len(lines) <= 280  # a page a newcomer reads: the results, quickstart, methods, two policy examples, map
     headings = [l for l in lines if l.startswith('## ')]
     assert headings[:4] == ['## What held on the public stand-in', '## Quickstart', '## The methods, precisely',
                             '## Adding your own policy']

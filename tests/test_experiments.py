@@ -62,9 +62,16 @@ def test_flags_given_on_resume_win_over_the_schedule_saved(images, tmp_path):
     assert run_script('mixmatch', *tiny_run_args(images, out, cache, steps=4), *flags, '0.5').returncode == 0
     r = run_script('mixmatch', *tiny_run_args(images, out, cache, steps=6), *flags, '0.9', '--resume', 'auto')
     assert r.returncode == 0, r.stderr
-    assert 'flags changed: lr_gamma, steps' in r.stdout
-    last = json.loads(open(os.path.join(out, 'log.jsonl')).read().splitlines()[-1])
-    assert last['lr'] == pytest.approx(2e-3 * 0.9 ** 5, rel=1e-9)
+    assert 'resumed' in r.stdout and 'at step 4; from step 4 on: --lr-gamma 0.5 -> 0.9, --steps 4 -> 6' in r.stdout
+    records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    assert records[-1]['lr'] == pytest.approx(2e-3 * 0.9 ** 5, rel=1e-9)
+    change = {'step': 4, 'flags': {'lr_gamma': [0.5, 0.9], 'steps': [4, 6]}}
+    assert [x.get('flag_changes') for x in records] == [None, None, [change]]  # the records after the resume
+    assert torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)['meta']['flag_changes'] == [change]
+    r = run_script('mixmatch', *tiny_run_args(images, out, cache, steps=8), *flags, '0.9', '--resume', 'auto')
+    assert r.returncode == 0 and 'from step 6 on: --steps 6 -> 8' in r.stdout, r.stderr
+    later = {'step': 6, 'flags': {'steps': [6, 8]}}  # a second resume adds its own change to the first
+    assert torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)['meta']['flag_changes'] == [change, later]
 
 
 def test_cutmix_pastes_a_box_of_the_partner_and_mixes_targets_by_area():
@@ -99,7 +106,7 @@ def test_init_loads_the_backbone_and_a_head_of_another_class_count_starts_anew(t
     torch.save({'ema': trained.state_dict(), 'args': {}, 'method': 'rotnet', 'arch': 'wrn28_2', 'num_classes': 4}, path)
     model = build_model('wrn28_2', 10, 1, (0.5,), (0.5,), 0.01)
     fresh_head = model.backbone.fc.weight.clone()
-    note = checkpoint.init_weights(model, path, 'wrn28_2')
+    note = checkpoint.init_weights(model, checkpoint.load_init(path, 'wrn28_2'), path)
     assert 'the classifier head is initialized anew (this run has 10 classes)' in note
     theirs, mine = trained.state_dict(), model.state_dict()
     for k, v in mine.items():
@@ -108,11 +115,11 @@ def test_init_loads_the_backbone_and_a_head_of_another_class_count_starts_anew(t
         assert torch.equal(v, theirs[k]), k  # BatchNorm statistics and the normalization included
     assert torch.equal(model.backbone.fc.weight, fresh_head)
     same = build_model('wrn28_2', 4, 1, (0.5,), (0.5,), 0.01)
-    assert 'every weight' in checkpoint.init_weights(same, path, 'wrn28_2')
+    assert 'every weight' in checkpoint.init_weights(same, checkpoint.load_init(path, 'wrn28_2'), path)
     assert all(torch.equal(v, theirs[k]) for k, v in same.state_dict().items())
     three_channels = build_model('wrn28_2', 4, 3, (0.5,) * 3, (0.5,) * 3, 0.01)
-    with pytest.raises(checkpoint.UserError, match='do not fit this model'):
-        checkpoint.init_weights(three_channels, path, 'wrn28_2')
+    with pytest.raises(checkpoint.UserError, match='the checkpoint takes 1-channel images, this data has 3'):
+        checkpoint.init_weights(three_channels, checkpoint.load_init(path, 'wrn28_2'), path)
 
 
 def test_a_run_starts_from_another_runs_checkpoint_with_init(images, tmp_path):

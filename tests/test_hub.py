@@ -64,3 +64,30 @@ def test_a_damaged_file_is_refused(tmp_path):
         f.write(bytes([last[0] ^ 1]))
     with pytest.raises(RuntimeError, match='sha256 .* is not the manifest'):
         torch.hub.load(str(repo), hub_name(row), source='local')
+
+
+def test_hub_model_takes_grey_batches_with_or_without_a_channel_axis_and_names_the_shape_it_expects():
+    model = torch.hub.load(REPO, 'adaptive_ce_1', source='local')
+    images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(model(images), model(images.unsqueeze(1)))                  # N x H x W: N grey images
+        assert torch.equal(model(images.float()), model(images))                      # float pixels in [0, 255]
+        for shape in ((4, 3, 28, 28), (4, 1, 32, 32), (28, 28), (2, 4, 1, 28, 28)):
+            with pytest.raises(ValueError, match=rf'takes images N x 1 x 28 x 28 \(or N x 28 x 28\), uint8 or float '
+                                                 rf'pixels in \[0, 255\]; got shape \({", ".join(map(str, shape))}\)'):
+                model(torch.zeros(shape))
+        with pytest.warns(UserWarning, match=r'the pixels are all in \[0, 1\].*the model takes \[0, 255\]'):
+            model(images / 255.0)
+
+
+def test_the_readmes_python_hub_example_runs_as_written(monkeypatch):
+    """The README's hub block, pasted into Python from the root of a clone; no placeholder anywhere."""
+    readme = open(os.path.join(REPO, 'README.md')).read()
+    assert '<owner>' not in readme and '<owner>' not in open(os.path.join(REPO, 'hubconf.py')).read()
+    block = readme.split('In Python, from the root of a clone', 1)[1].split('\n\n', 2)[1]
+    code = '\n'.join(line[4:] for line in block.splitlines())
+    assert "torch.hub.load('.', 'adaptive_ce_1', source='local')" in code
+    monkeypatch.chdir(REPO)
+    printed = []
+    exec(code, {'print': printed.append})
+    assert len(printed) == 1 and len(printed[0]) == 8 and set(printed[0]) <= set(data.FASHION_MNIST_CLASSES)

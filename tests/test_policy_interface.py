@@ -33,6 +33,20 @@ def readme_example():
     return textwrap.dedent(block).strip() + '\n', entry
 
 
+def readme_second_example():
+    """The README's policy with a flag of its own: (the flag's line, the class, the entry it adds to POLICIES)."""
+    section = open(os.path.join(REPO, 'README.md')).read().split('## Adding your own policy', 1)[1].split('\n## ')[0]
+    part = section.split('A policy with a flag of its own', 1)[1]
+    flag, code = (textwrap.dedent(b).strip() + '\n' for b in re.findall(r'\n\n((?:    .*\n|\n)+)', part)[:2])
+    return flag, code, re.search(r"adding `([^`]+)` to it", part).group(1)
+
+
+def paste_flag(script, line):
+    """train.py with `line` added to add_method_flags, above its `return g`, as the README says."""
+    head, tail = script.split('\n    return g\n', 1)
+    return head + '\n' + textwrap.indent(line, '    ').rstrip('\n') + '\n    return g\n' + tail
+
+
 def paste(script, code, entry):
     """train.py with `code` above its POLICIES line and `entry` added to it, as the README says."""
     lines = script.splitlines(keepends=True)
@@ -78,6 +92,29 @@ def test_the_readme_example_trains_with_its_state_in_the_checkpoint(world):
     records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
     assert all(0 <= x['mask_ratio'] <= 1 and x['threshold'] >= 0.5 for x in records)
     world['straight'] = out
+
+
+def test_the_readme_policy_with_its_own_flag_follows_its_schedule_over_the_run(world):
+    """The second example as the README gives it: its flag is in --help and refused with another policy, and the
+    threshold it logs is the schedule's, averaged over each evaluation window (ctx.progress = step / steps)."""
+    flag, code, entry = readme_second_example()
+    assert entry == "'anneal': Anneal" and "'--start-th'" in flag and 'ctx.progress' in code
+    folder = world['top'] / 'anneal' / 'adaptive'
+    shutil.copytree(os.path.join(REPO, 'adaptive'), folder, ignore=shutil.ignore_patterns('__pycache__'))
+    script = folder / 'train.py'
+    script.write_text(paste(paste_flag(script.read_text(), flag), code, entry))
+    out = str(world['top'] / 'anneal-run')
+    args = tiny_run_args(world['images'], out, world['cache'], steps=STEPS, eval_every=4)
+    r = run([sys.executable, str(script), '--policy', 'anneal', '--start-th', '0.9', *map(str, args)])
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    assert [x['step'] for x in records] == [4, 8, 12, 16, 20]
+    for x in records:
+        schedule = [0.9 + (0.5 - 0.9) * step / STEPS for step in range(x['step'] - 4, x['step'])]
+        assert x['threshold'] == pytest.approx(sum(schedule) / 4, abs=1e-6)
+    assert '--start-th' in run([sys.executable, str(script), '--help']).stdout
+    r = run([sys.executable, str(script), '--policy', 'accuracy', '--start-th', '0.9', *map(str, args)])
+    assert r.returncode == 2 and '--start-th has no effect with --policy accuracy' in r.stderr
 
 
 def test_the_readme_example_resumes_bit_exactly_after_sigkill(world):
@@ -198,7 +235,7 @@ def one_step(policy_class, step=0, drop_unkept=False):
     draw = lambda: train.draw_and_guess(model, rt, sampler, x_unl, torch.full((40,), -1), args)  # noqa: E731
     train_acc = semisup.TrainAccuracy(rt.device)
     policy = policy_class(args, 3, len(x_unl))
-    ctx = Context(step, train_acc.fraction(), (torch.tensor(0), torch.tensor(1)), rt, draw,
+    ctx = Context(step, args.steps, train_acc.fraction(), (torch.tensor(0), torch.tensor(1)), rt, draw,
                   lambda images: train.forward(model, rt, images), train_acc.completed())
     x_l, y_l = torch.randint(0, 256, (8, 1, 12, 12), dtype=torch.uint8), torch.arange(8) % 3
     m = train.train_step(model, None, optimizer, rt, policy, train_acc, x_l, y_l, draw(), ctx, args)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import semisup
-from conftest import METHODS, load_train, make_plain_folder, run_script, step_once, tiny_run_args
+from conftest import METHODS, REPO, load_train, make_plain_folder, run_script, step_once, tiny_run_args
 from models import build_model
 from runtime import Runtime
 
@@ -175,3 +175,37 @@ def test_labeled_only_never_looks_at_the_unlabeled_images(method):
         assert m['loss'].item() == pytest.approx(m['loss_x'].item())
         results.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_a_finished_run_resumed_is_left_untouched(images, tmp_path):
+    """--resume auto on a run that reached --steps: nothing is rewritten (log, TensorBoard, checkpoints), exit 0."""
+    out, cache = str(tmp_path / 'run'), tmp_path / 'cache'
+    assert run_script('fixed', *tiny_run_args(images, out, cache)).returncode == 0
+    files = lambda: {os.path.join(d, f): (open(os.path.join(d, f), 'rb').read(), os.stat(os.path.join(d, f)).st_mtime_ns)
+                     for d, _, names in os.walk(out) for f in names}  # noqa: E731
+    before = files()
+    r = run_script('fixed', *tiny_run_args(images, out, cache), '--resume', 'auto')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f'already finished at step 4 (--steps 4): {out} is left as it is; pass a larger ' \
+                               '--steps to train further'
+    assert files() == before
+
+
+def test_a_grey_folder_of_small_images_trains_at_their_size_from_a_fashion_mnist_checkpoint(tmp_path):
+    """Own images as a new user has them: 28-px grey PNGs, no --image-size. The run says the size, channels and
+    augmentation it uses, warns that 6 validation images are too few, and starts from a released checkpoint."""
+    from PIL import Image
+    root = tmp_path / 'grey'
+    for i in range(48):
+        where = root / ('labeled/' + 'abc'[i % 3] if i < 30 else 'unlabeled')
+        where.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(torch.randint(0, 256, (28, 28), dtype=torch.uint8).numpy(), 'L').save(where / f'{i}.png')
+    released = os.path.join(REPO, 'pretrained', 'adaptive-ce-1-medium-s0-b2c12b03.pt')
+    args = tiny_run_args(str(root), str(tmp_path / 'run'), tmp_path / 'cache', steps=2)
+    del args[args.index('--image-size'):args.index('--image-size') + 2]
+    r = run_script('adaptive', *args, '--init', released)
+    assert r.returncode == 0, r.stderr
+    assert '(1, 28, 28) images, augment padcrop' in r.stdout
+    assert 'folder images: 28 x 28 px, their own size' in r.stdout and 'every image is grey: 1 channel' in r.stdout
+    assert 'warning: 6 validation images (2 per class)' in r.stdout and '(--n-val 30)' in r.stdout
+    assert f'--init: the backbone from {released}' in r.stdout

@@ -159,6 +159,11 @@ def save_best(run, eval_model, progress, args, method, classes, meta):
 def load_checkpoint(path):
     """A checkpoint of this release, loaded with weights_only (no code runs). A file named like the released
     ones, <entry>-<preset>-s<seed>-<hex>.pt, must have a sha256 that starts with <hex>."""
+    if os.path.isdir(path):
+        found = [f for f in ('best.pt', 'checkpoint.pt') if os.path.isfile(os.path.join(path, f))]
+        raise UserError(f'{path} is a directory, not a checkpoint: pass a file in it, '
+                        + (' or '.join(os.path.join(path, f) for f in found) if found else
+                           'e.g. <run>/best.pt (its best weights) or <run>/checkpoint.pt (the last step)'))
     if not os.path.isfile(path):
         raise UserError(f'checkpoint not found: {path}')
     named = re.fullmatch(r'.+-s\d+-([0-9a-f]{8,64})\.pt', os.path.basename(path))
@@ -183,18 +188,28 @@ def load_weights(module, state, path):
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f'{path}: weights do not fit ({str(e).splitlines()[0][:160]})') from None
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()]  # the first line only says "Error(s)"
+        raise UserError(f'{path}: weights do not fit ({" ".join(detail[1:2] or detail[:1])[:200]})') from None
 
 
-def init_weights(model, path, arch):
-    """--init PATH: the weights a checkpoint evaluates with (its EMA), every tensor but the classifier head, and
-    the head too where it has as many classes; pretext heads (rotation, projection) are not carried over, and
-    this model's own start anew. Returns the line to print."""
+def load_init(path, arch):
+    """--init PATH, loaded and checked before the data is: a checkpoint of this release and of --arch."""
     ckpt = load_checkpoint(path)
     if ckpt['arch'] != arch:
-        raise UserError(f'--init {path}: the checkpoint is --arch {ckpt["arch"]}, this run --arch {arch}; start from '
-                        f'a checkpoint of the same architecture')
+        raise UserError(f'--init {path}: the checkpoint is --arch {ckpt["arch"]}, this run --arch {arch}; pass '
+                        f'--arch {ckpt["arch"]}, or start from a checkpoint of --arch {arch}')
+    return ckpt
+
+
+def init_weights(model, ckpt, path):
+    """--init PATH (ckpt: load_init's): the weights a checkpoint evaluates with (its EMA), every tensor but the
+    classifier head, and the head too where it has as many classes; pretext heads (rotation, projection) are not
+    carried over, and this model's own start anew. Returns the line to print."""
+    arch = ckpt['arch']
     mine, theirs = models.without_heads(model.state_dict()), models.without_heads(ckpt['ema'])
+    if 'mean' in theirs and theirs['mean'].shape != mine['mean'].shape:
+        raise UserError(f'--init {path}: the checkpoint takes {theirs["mean"].shape[1]}-channel images, this data has '
+                        f'{mine["mean"].shape[1]}; start from a checkpoint trained on images like these')
     head = models.head_prefix(arch)
     body = {k: v for k, v in theirs.items() if not k.startswith(head)}
     missing = sorted(set(k for k in mine if not k.startswith(head)) - set(body))
@@ -207,10 +222,11 @@ def init_weights(model, path, arch):
     head_fits = all(k in theirs and theirs[k].shape == v.shape for k, v in mine.items() if k.startswith(head))
     model.load_state_dict(body | ({k: theirs[k] for k in mine if k.startswith(head)} if head_fits else {}),
                           strict=False)
-    origin = f'{ckpt["method"]} checkpoint ({ckpt["num_classes"]} classes)'
+    article = 'an' if ckpt['method'][0] in 'aeiou' else 'a'
+    origin = f'{article} {ckpt["method"]} checkpoint ({ckpt["num_classes"]} classes)'
     if head_fits:
-        return f'--init: every weight from {path}, a {origin}'
-    return (f'--init: the backbone from {path}, a {origin}; the classifier head is initialized anew '
+        return f'--init: every weight from {path}, {origin}'
+    return (f'--init: the backbone from {path}, {origin}; the classifier head is initialized anew '
             f'(this run has {mine[head + "weight"].shape[0]} classes)')
 
 
@@ -249,9 +265,26 @@ def restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, st
 
 
 def changed_flags(ckpt, args):
-    """The flags whose value differs from the checkpoint's."""
+    """The flags whose value differs from the checkpoint's: {name: [saved, now]}."""
     derived = ('resume', 'out', 'num_classes', 'augment_kind')
-    return sorted(k for k, v in ckpt['args'].items() if k not in derived and vars(args).get(k) != v)
+    return {k: [v, vars(args).get(k)] for k, v in sorted(ckpt['args'].items())
+            if k not in derived and vars(args).get(k) != v}
+
+
+def flag_changes(ckpt, args, step):
+    """Every change of flags over a run's resumes, this one's last if any: [{'step': s, 'flags': {name: [from,
+    to]}}], s the first step trained with the new values."""
+    earlier = list(ckpt.get('meta', {}).get('flag_changes', []))
+    changed = changed_flags(ckpt, args)
+    return earlier + ([{'step': step, 'flags': changed}] if changed else [])
+
+
+def describe_changes(changes, step):
+    """'; from step N on: --flag old -> new, ...' for the changes made at `step`, or ''."""
+    flags = [c['flags'] for c in changes if c['step'] == step]
+    if not flags:
+        return ''
+    return f'; from step {step} on: ' + ', '.join(f'--{k.replace("_", "-")} {a} -> {b}' for k, (a, b) in flags[0].items())
 
 
 def rng_state():

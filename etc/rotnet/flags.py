@@ -18,10 +18,29 @@ UNLABELED_FLAGS = {'K', 'T', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start',
                    'drop_unkept', 'policy', 'train_acc', 'rot_weight'}
 
 
+# Each script's own flags (its add_method_flags), so that a flag given to the wrong script names the scripts that
+# have it. tests/test_bad_input.py checks the table against the scripts.
+SCRIPT_FLAGS = {
+    'mixmatch/train.py': ('--mixed-threshold', '--lambda-t'),
+    'fixed/train.py': ('--threshold', '--threshold-end', '--schedule-steps', '--lambda-pi', '--confidence'),
+    'adaptive/train.py': ('--min-th', '--acc-source', '--confidence', '--warm-threshold', '--warm-until',
+                          '--extra-draws', '--flex-threshold', '--flex-warmup', '--free-momentum'),
+    'etc/fixmatch/train.py': ('--threshold', '--strong-ops', '--strong-cutout'),
+    'etc/simclr/train.py': ('--temperature', '--projection-dim', '--projection-hidden', '--crop-area', '--view-ops'),
+}
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag ends with one line on stderr and exit code 2 (no usage dump)."""
+    """argparse, but a bad flag ends with one line on stderr and exit code 2 (no usage dump); a flag of another
+    script says which script has it."""
 
     def error(self, message):
+        if message.startswith('unrecognized arguments:'):
+            for name in (token.split('=', 1)[0] for token in message.split(':', 1)[1].split()):
+                scripts = [script for script, names in SCRIPT_FLAGS.items() if name in names]
+                if scripts:
+                    message = f'{name} is a flag of {" and ".join(scripts)}, not of this script'
+                    break
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
@@ -39,8 +58,9 @@ def common_parser():
     g.add_argument('--n-val', type=int, default=None,
                    help='validation images held out of the labeled ones (default min(5000, 10%%); original: 20%%)')
     g.add_argument('--split-seed', type=int, default=0, help='seed of the labeled / validation / unlabeled split')
-    g.add_argument('--image-size', type=int, default=96,
-                   help='folder datasets: image side in pixels, decoded once (the original: 224)')
+    g.add_argument('--image-size', type=int, default=None,
+                   help=f'folder datasets: side in px (default: their own if none is over {data.OWN_SIZE_MAX} px, '
+                        f'else {data.LARGE_SIZE}; the original: 224)')
     g.add_argument('--num-classes', type=int, default=None,
                    help='folder datasets: number of classes (default: largest label + 1, or the class folders)')
     g.add_argument('--cache-dir', default=os.path.join(os.path.expanduser('~'), '.cache', 'adthmix'),
@@ -254,7 +274,7 @@ def finish_args(args, method):
          '--steps, --eval-every, --print-every and --acc-window must be at least 1'),
         (args.n_labeled is None or args.n_labeled >= 1, '--n-labeled must be at least 1'),
         (args.n_val is None or args.n_val >= 0, '--n-val must be >= 0'),
-        (args.image_size >= 8, '--image-size must be at least 8'),
+        (args.image_size is None or args.image_size >= 8, '--image-size must be at least 8'),
         (not (args.drop_unkept and args.compile != 'off'), '--drop-unkept makes batch shapes vary; it cannot be '
                                                             'combined with --compile'),
         (args.cutout >= 0, f'--cutout {args.cutout} must be >= 0 pixels (0: off)'),

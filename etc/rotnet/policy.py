@@ -8,7 +8,10 @@ asks the policy:
     loss(rows, u, ctx) -> (term, loss_u)     the unlabeled term of the loss (and what the log calls loss_u)
     lambda_u(step)                           the unlabeled weight at a step (logged; the default loss uses it)
     log_values() -> {name: scalar tensor}    anything else to log, as policy_<name> (window means)
-Unkept images take no part in mixup or in the default loss.
+Unkept images take no part in mixup or in the default loss. A policy reads its settings from self.args (every
+flag of the run) and where the run stands from ctx.step, ctx.steps and ctx.progress. A flag of its own is added
+in its script's add_method_flags (so --help shows it) and named in its FLAGS; given with a policy that does
+not name it, a flag is refused.
 
 State: tensors registered with self.register_buffer(name, tensor) in __init__ are the policy's state. The
 shared code saves them in every checkpoint and restores them on resume, whatever their names. Under torchrun,
@@ -61,8 +64,9 @@ class MixedRows:
 
 @dataclass
 class Context:
-    """What a policy may read at a step besides the batch."""
-    step: int              # steps completed before this one
+    """What a policy may read at a step besides the batch (and self.args, every flag of the run)."""
+    step: int              # steps completed before this one: 0 at the first step, steps - 1 at the last
+    steps: int             # the run's length, --steps as given now (a resume with more steps stretches a schedule)
     train_acc: tuple       # (correct, seen) long device tensors: running top-1 on the labeled batches (--acc-window)
     val_acc: tuple         # (correct, count) long device tensors: the last validation top-1 of the EMA weights
     rt: object             # runtime.Runtime: rt.all_gather, rt.all_reduce and rt.mine combine the processes
@@ -70,12 +74,18 @@ class Context:
     forward: Callable      # forward(images) -> fp32 logits of the training model, with gradient (train mode)
     window_acc: tuple = None  # (correct, seen): the last completed --acc-window's train top-1; (0, 1) before
 
+    @property
+    def progress(self):
+        """The fraction of the run done before this step: 0 at the first step, 1 - 1/steps at the last."""
+        return self.step / self.steps
+
 
 class Policy(torch.nn.Module):
     """Keep every guessed image, with the weight lambda_u(step) (MixMatch). Subclass it: override mask() to
     choose images, lambda_u() for a weight schedule, loss() for another unlabeled loss (it may run the model
     itself: ctx.forward()), select() to draw more images (ctx.draw()). List in FLAGS the family flags the policy
-    reads: the others, given on the command line, are refused."""
+    reads: the others, given on the command line, are refused. self.args holds every flag of the run (the
+    shared ones, the family's, and a policy's own, added in the script's add_method_flags)."""
     FLAGS = ()
 
     def __init__(self, args, num_classes, n_unlabeled):

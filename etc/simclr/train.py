@@ -245,6 +245,11 @@ def make_optimizer(model, args, device):
 def train(args, rt):
     say = print if rt.is_main else (lambda *a, **k: None)
     run = checkpoint.open_run(args, METHOD, run_tag(args), rt)  # decided before anything is written
+    if run.ckpt is not None and run.ckpt['step'] >= args.steps:
+        say(f'already finished at step {run.ckpt["step"]} (--steps {args.steps}): {run.out} is left as it is; '
+            'pass a larger --steps to train further')
+        return
+    init = checkpoint.load_init(args.init, args.arch) if args.init and run.ckpt is None else None  # before the data
     say(f'git {metrics.git_sha()}  torch {torch.__version__}  device {rt.describe()}  amp {rt.precision}')
     say('args ' + ' '.join(f'{k}={v}' for k, v in sorted(vars(args).items())), flush=True)
 
@@ -263,12 +268,14 @@ def train(args, rt):
         + ', '.join(f'{0 if x is None else len(x)} {k}' for k, (x, _) in sets.items() if k in ('val', 'test'))
         + f', {tuple(ds.train_images.shape[1:])} images; views: crop area {args.crop_area:g}-1 + flip'
         + (f' + randaugment {args.view_ops} ops' if args.view_ops else ''), flush=True)
+    for line in data.notes(ds, split):
+        say(line, flush=True)
 
     # ---- model, EMA, optimizer, samplers; or all of them as the checkpoint left them
     mean, std = data.pixel_stats(ds.train_images)
     model = rt.prepare(make_model(args, ds.train_images.shape[1], mean, std))
-    if args.init and run.ckpt is None:
-        say(checkpoint.init_weights(model, args.init, args.arch))
+    if init is not None:  # a resumed run continues its own weights instead
+        say(checkpoint.init_weights(model, init, args.init))
     ema = semisup.make_ema(model, args.ema_decay)
     eval_model = model if ema is None else ema.module
     net = rt.compile(rt.ddp(model))
@@ -278,12 +285,12 @@ def train(args, rt):
         seed_everything(args.seed * 1000 + rt.rank)
     streams = {'train': data.IndexStream(len(x_train), args.batch_size, dev)}
     train_acc = semisup.TrainAccuracy(dev, args.acc_seed)
-    progress = checkpoint.Progress()
+    progress, flag_changes = checkpoint.Progress(), []
     if run.ckpt is not None:
         progress, note = checkpoint.restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams)
-        changed = checkpoint.changed_flags(run.ckpt, args)
+        flag_changes = checkpoint.flag_changes(run.ckpt, args, progress.step)
         say((note + '\n' if note else '') + f'resumed {run.resume} at step {progress.step}'
-            + (f' (flags changed: {", ".join(changed)})' if changed else ''))
+            + checkpoint.describe_changes(flag_changes[-1:], progress.step))
 
     # ---- the run directory is written from here on (by the first process only)
     if rt.is_main:
@@ -293,6 +300,8 @@ def train(args, rt):
                 json.dump({k: v.tolist() for k, v in split.items()} | {'split_seed': args.split_seed}, f)
     log = metrics.RunLog(run.out, progress.step, args.steps, enabled=rt.is_main)
     meta = {'git_sha': metrics.git_sha(), 'torch': str(torch.__version__), 'device': rt.describe(), 'amp': rt.precision}
+    if flag_changes:  # every flag changed on a resume, from which step: in each later log record and checkpoint
+        meta['flag_changes'] = flag_changes
 
     # ---- training loop: metrics stay on the device until a print or an evaluation
     eval_sets = {k: sets[k][0] for k in ('val', 'test')}
