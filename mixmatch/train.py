@@ -201,9 +201,9 @@ def make_optimizer(model, args, device):
 def train(args, rt):
     say = print if rt.is_main else (lambda *a, **k: None)
     run = checkpoint.open_run(args, METHOD, run_tag(args), rt)  # decided before anything is written
-    if run.ckpt is not None and run.ckpt['step'] >= args.steps:
-        say(f'already finished at step {run.ckpt["step"]} (--steps {args.steps}): {run.out} is left as it is; '
-            'pass a larger --steps to train further')
+    done = checkpoint.finished(run, args)
+    if done:
+        say(done)
         return
     init = checkpoint.load_init(args.init, args.arch) if args.init and run.ckpt is None else None  # before the data
     say(f'git {metrics.git_sha()}  torch {torch.__version__}  device {rt.describe()}  amp {rt.precision}')

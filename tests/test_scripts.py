@@ -189,6 +189,11 @@ def test_a_finished_run_resumed_is_left_untouched(images, tmp_path):
     assert r.stdout.strip() == f'already finished at step 4 (--steps 4): {out} is left as it is; pass a larger ' \
                                '--steps to train further'
     assert files() == before
+    r = run_script('fixed', *tiny_run_args(images, out, cache), '--resume', 'auto', '--threshold', '0.9')
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f'error: {out} finished at step 4 with other flags (--threshold 0.8, now 0.9): nothing to continue with these;'
+        ' start a new run with another --out')                           # nor marked done by etc/reproduce.py
+    assert files() == before
 
 
 def test_a_grey_folder_of_small_images_trains_at_their_size_from_a_fashion_mnist_checkpoint(tmp_path):

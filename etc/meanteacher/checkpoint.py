@@ -264,6 +264,24 @@ def restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, st
     return progress, note
 
 
+# Flags that do not change what a run computes: a finished run asked again with other values of these is finished.
+NOT_RESULTS = ('device', 'amp', 'compile', 'print_every', 'eval_batch_size', 'data_root', 'cache_dir', 'download')
+
+
+def finished(run, args):
+    """The line to print where the run's checkpoint has reached --steps (it is left untouched), else None. A
+    finished run asked for with other training flags is refused: there is nothing to continue with them."""
+    if run.ckpt is None or run.ckpt['step'] < args.steps:
+        return None
+    other = {k: v for k, v in changed_flags(run.ckpt, args).items() if k not in NOT_RESULTS + ('steps',)}
+    if other:
+        raise UserError(f'{run.out} finished at step {run.ckpt["step"]} with other flags ('
+                        + ', '.join(f'--{k.replace("_", "-")} {a}, now {b}' for k, (a, b) in other.items())
+                        + '): nothing to continue with these; start a new run with another --out')
+    return (f'already finished at step {run.ckpt["step"]} (--steps {args.steps}): {run.out} is left as it is; '
+            'pass a larger --steps to train further')
+
+
 def changed_flags(ckpt, args):
     """The flags whose value differs from the checkpoint's: {name: [saved, now]}."""
     derived = ('resume', 'out', 'num_classes', 'augment_kind')
