@@ -154,7 +154,10 @@ class FlexMatch(Policy):
         beta_t(c)  = sigma_t(c) / max(max_c sigma_t, N - sum_c sigma_t)   (with threshold warm-up; else / max_c)
         T_t(c)     = M(beta_t(c)) * tau,  M(x) = x / (2 - x)               (the convex mapping)
     An image is kept iff its confidence reaches T_t of its predicted class; then the predictions above tau update
-    the per-image record and beta, unless every image shares one record (as the reference implementation)."""
+    the per-image record (an image drawn twice in a step: its last copy above tau, as the reference implementation
+    USB writes only those) and beta, unless every image shares one record (as USB). The float expressions are USB's
+    (semilearn/algorithms/flexmatch/utils.py), so thresholds compare bitwise. Under torchrun the record is pooled:
+    every process's images update it (the same state everywhere), where USB keeps one per process."""
     FLAGS = ('flex_threshold', 'flex_warmup', 'confidence')
 
     def __init__(self, args, num_classes, n_unlabeled):
@@ -165,13 +168,14 @@ class FlexMatch(Policy):
     def mask(self, u, ctx):
         confidence, label = self.confidence(u), u.mean_prob.argmax(dim=1)
         tau = self.args.flex_threshold
-        thresholds = tau * self.beta / (2 - self.beta)
+        thresholds = tau * (self.beta / (2 - self.beta))
         keep = confidence >= thresholds[label]
         index, confidence, label = (ctx.rt.all_gather(t) for t in (u.index, confidence, label))
-        new = torch.where(confidence >= tau, label, self.record[index])
-        order = index.argsort(stable=True)  # an image drawn twice in one step: its last prediction counts, so
-        last = torch.searchsorted(index[order], index[order], right=True) - 1  # every copy writes that one
-        self.record[index[order]] = new[order][last]
+        above = confidence >= tau
+        new = torch.where(above, label, self.record[index])
+        order = (2 * index + above.long()).argsort(stable=True)  # an image's copies in a row, those above tau last,
+        last = torch.searchsorted(index[order], index[order], right=True) - 1  # so the last of them is one if any:
+        self.record[index[order]] = new[order][last]  # every copy writes that one
         counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=index.device)  # no host sync, unlike
         counts.index_add_(0, self.record + 1, torch.ones_like(self.record))  # bincount: [unused, sigma_1 ..]
         scale = counts.max() if self.args.flex_warmup == 'on' else counts[1:].max().clamp(min=1)
@@ -185,20 +189,22 @@ class FreeMatch(Policy):
         tau_t    = lambda * tau_{t-1} + (1 - lambda) * mean_b max_c q_b(c)      (global)
         p_t(c)   = lambda * p_{t-1}(c) + (1 - lambda) * mean_b q_b(c)          (local)
         tau_t(c) = p_t(c) / max_c p_t(c) * tau_t
-    The batch enters the EMAs before the mask, as the reference implementation. No fairness loss."""
+    The batch enters the EMAs before the mask, as the reference implementation USB, whose float expressions these
+    are (semilearn/algorithms/freematch/utils.py: tau_0 the mean of p_0, tau * (p / max p)); USB starts p at ones
+    (tau at 1), the paper and this class at 1/C. No fairness loss."""
     FLAGS = ('free_momentum', 'confidence')
 
     def __init__(self, args, num_classes, n_unlabeled):
         super().__init__(args, num_classes, n_unlabeled)
-        self.register_buffer('tau', torch.tensor(1 / num_classes))
         self.register_buffer('p', torch.full((num_classes,), 1 / num_classes))
+        self.register_buffer('tau', self.p.mean())
 
     def mask(self, u, ctx):
         confidence, label = self.confidence(u), u.mean_prob.argmax(dim=1)
         m = self.args.free_momentum
         self.tau.mul_(m).add_((1 - m) * ctx.rt.all_gather(confidence).mean())
         self.p.mul_(m).add_((1 - m) * ctx.rt.all_gather(u.mean_prob).mean(dim=0))
-        thresholds = self.tau * self.p / self.p.max()
+        thresholds = self.tau * (self.p / self.p.max())
         return confidence >= thresholds[label], thresholds.mean()
 
 

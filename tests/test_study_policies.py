@@ -122,6 +122,33 @@ def test_flexmatch_thresholds_follow_the_per_class_counts():
     assert no_warmup.beta.tolist() == pytest.approx([0.5, 1.0, 0.0])          # sigma / max sigma, not / 7 unused
 
 
+def test_flexmatch_an_image_drawn_twice_keeps_its_copy_above_tau_whatever_the_order():
+    """At the sampler's epoch boundary (or across torchrun processes) one step can hold an image twice: the record
+    takes its copy above tau, as USB (which writes only those), whether it comes first or last."""
+    for confidences, labels, record in (([0.99, 0.5], [1, 2], 1), ([0.5, 0.99], [2, 1], 1), ([0.5, 0.6], [1, 2], -1),
+                                        ([0.97, 0.99], [1, 2], 2)):
+        policy = policy_of('adaptive', ['--policy', 'flexmatch'])
+        policy.record[0] = 0                                                  # another image has a record: beta moves
+        u = make_guess(probs(confidences, labels))
+        u.index = torch.tensor([3, 3])
+        policy.mask(u, context(RT))
+        assert policy.record[3].item() == record, (confidences, labels)
+
+
+def test_flexmatch_and_freematch_thresholds_are_usbs_float_expressions_bit_for_bit():
+    flex = policy_of('adaptive', ['--policy', 'flexmatch'])
+    flex.record.copy_(torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, -1]))
+    flex.beta.copy_(torch.tensor([0.3, 0.7, 0.9]))
+    _, threshold = flex.mask(make_guess(probs([0.5], [0])), context(RT))
+    beta = torch.tensor([0.3, 0.7, 0.9])
+    assert torch.equal(threshold, (0.95 * (beta / (2.0 - beta))).mean())     # USB: p_cutoff * (acc / (2. - acc))
+    free = policy_of('adaptive', ['--policy', 'freematch'])
+    assert torch.equal(free.tau, torch.ones(3).div(3).mean())                 # USB: time_p = p_model.mean()
+    free.p.copy_(torch.tensor([0.3, 0.5, 0.2]))
+    _, threshold = free.mask(make_guess(probs([0.9, 0.4, 0.5], [0, 1, 2])), context(RT))
+    assert torch.equal(threshold, (free.tau * (free.p / torch.max(free.p, dim=-1)[0])).mean())  # time_p * mod
+
+
 def test_flexmatch_keeps_every_image_before_any_count_as_the_paper():
     policy = policy_of('adaptive', ['--policy', 'flexmatch'])
     keep, _ = policy.mask(make_guess(probs([0.4, 0.34], [0, 1])), context(RT))
