@@ -43,7 +43,7 @@ def add_method_flags(parser):
     g.add_argument('--threshold-end', type=float, default=0.5,
                    help='linear: where the threshold ends, from --threshold (the notes: 0.9 to 0.5)')
     g.add_argument('--schedule-steps', type=int, default=0,
-                   help='linear: steps the fall takes (0: the whole run, "slow"; a quarter of it is our "fast")')
+                   help='linear: steps the fall takes (0: the whole run; the original: slow 80/300 of it, fast 5/300)')
     g.add_argument('--lambda-pi', type=float, default=10,
                    help='consistency: weight of the Pi-model loss on the images below, times lambda_u (original: 10)')
     parser.set_defaults(loss='mse')
@@ -77,8 +77,10 @@ class Constant(Policy):
 
 class Linear(Constant):
     """Sessions 79, 348, 352, 387: the threshold falls linearly from --threshold to --threshold-end over
-    --schedule-steps steps, then stays there. The notes name a "slow" and a "fast" schedule without rates;
-    ours: slow = the whole run (the default), fast = a quarter of it."""
+    --schedule-steps steps, then stays there. The original's rates (left commented in the 401 and 408 code,
+    main.py:528-542): "slow" max(0.9 - (epoch // 5) / 40, 0.5), at 0.5 after 80 of 300 epochs in steps of 0.025;
+    "fast" a piecewise fall over the first 5 epochs. Here both are linear over the same span (80/300 and 5/300 of
+    the run), the staircase and the piecewise shape left out."""
     FLAGS = ('threshold', 'threshold_end', 'schedule_steps', 'confidence')
 
     def mask(self, u, ctx):
@@ -90,21 +92,47 @@ class Linear(Constant):
 
 
 class Consistency(Constant):
-    """Session 100 ("FixMixMatch"): the images at or above --threshold train as MixMatch guesses; those below
-    it get a Pi-model consistency loss instead: the mean squared difference of the model's predictions (with
-    gradient) on two of their views, weighted --lambda-pi times lambda_u (the original's FixMixMatch_Pi, logged
-    as policy_pi). The two views of every image go through the model, masked to the ones below, so that every
-    process runs the same passes (the original passed the images below alone, a batch of varying size)."""
+    """Session 100 ("FixMixMatch" + Pi; the original's etc/Implemented_Papers/FixMixMatch/FixMixMatch_Pi/main.py), on
+    its own schedule of 250 epochs laid over the run (epoch e = 1 + 250 * step / steps, whole epochs where the
+    original counts them):
+      threshold  --threshold until epoch 40, then 1/300 lower each epoch, never below 0.1     (main.py:412-416)
+      kept       the images at or above it train as MixMatch's, but with the unsharpened    (main.py:437-438)
+                 mean prediction as their label, and a constant lambda_u                   (main.py:504)
+      below      a Pi-model loss: the mean squared difference of the softmax on two views  (main.py:91-95, 447-453)
+                 (with gradient), from epoch 10 on and where more than one image is below, weighted
+                 --lambda-pi * lambda_u * min(1, e / 250)                                   (main.py:88, 502-503)
+    Logged as policy_pi. The two views of every image go through the model, masked to the ones below, so that
+    every process runs the same passes (the original passed the images below alone, a batch of varying size)."""
     FLAGS = ('threshold', 'lambda_pi', 'confidence')
+    EPOCHS, FALL_FROM, FALL_PER_EPOCH, FLOOR, PI_FROM = 250, 40, 1 / 300, 0.1, 10
+
+    def epoch(self, ctx):
+        """The original's epoch at this step, counted from 1, and its whole number."""
+        e = 1 + self.EPOCHS * ctx.step / ctx.steps
+        return e, int(e)
+
+    def select(self, u, ctx):
+        whole = self.epoch(ctx)[1]
+        start = self.args.threshold
+        self.threshold = start if whole < self.FALL_FROM else max(start - (whole - self.FALL_FROM) * self.FALL_PER_EPOCH,
+                                                                  self.FLOOR)
+        confidence = self.confidence(u)
+        unsharpened = Guess(u.images, u.index, u.hidden, u.views, u.mean_prob, u.mean_prob)
+        return unsharpened, confidence >= self.threshold, torch.full_like(confidence[0], self.threshold)
 
     def loss(self, rows, u, ctx):
         term, loss_u = super().loss(rows, u, ctx)
-        below = (self.confidence(u) < self.args.threshold).float()
+        e, whole = self.epoch(ctx)
+        self.pi = term.new_zeros(())
+        if whole < self.PI_FROM:  # the same on every process: no pass is left waiting
+            return term, loss_u
+        below = (self.confidence(u) < self.threshold).float()
         below = below * (below.sum() > 1)  # the original skipped a single image
         views = u.views.view(-1, len(u.images), *u.views.shape[1:])[:2].flatten(0, 1)
         p = torch.softmax(ctx.forward(views), dim=1).view(2, len(u.images), -1)
         self.pi = ((p[0] - p[1]).pow(2).mean(dim=1) * below).sum() / below.sum().clamp(min=1)
-        return term + self.lambda_u(ctx.step) * self.args.lambda_pi * self.pi, loss_u
+        weight = self.args.lambda_pi * self.args.lambda_u * min(1.0, e / self.EPOCHS)
+        return term + weight * self.pi, loss_u
 
     def log_values(self):
         return {'pi': self.pi.detach()}

@@ -41,13 +41,16 @@ def test_linear_schedule_at_start_middle_and_end():
         k, th = policy.mask(u, context(RT, step=step))
         assert th.item() == pytest.approx(threshold) and k.tolist() == keep, step
     fast = policy_of('fixed', ['--policy', 'linear', '--threshold', '0.9', '--schedule-steps', '250', '--steps', '1000'])
-    assert fast.mask(u, context(RT, step=125))[1].item() == pytest.approx(0.7)  # a quarter of the run: "fast"
+    assert fast.mask(u, context(RT, step=125))[1].item() == pytest.approx(0.7)  # the fall over a quarter of the run
 
 
-def test_consistency_adds_a_pi_loss_on_the_images_below_the_threshold():
-    policy = policy_of('fixed', ['--policy', 'consistency', '--threshold', '0.8', '--lambda-pi', '10', '--lambda-u', '2'])
+def test_consistency_follows_session_100s_schedule_over_250_epochs():
+    """The threshold (0.9 until epoch 40, then 1/300 lower per epoch), the unsharpened label of the kept images,
+    no Pi loss before epoch 10, and its weight lambda_pi * lambda_u * e / 250: 1000 steps = 250 epochs of 4."""
+    policy = policy_of('fixed', ['--policy', 'consistency', '--threshold', '0.9', '--lambda-pi', '10', '--lambda-u', '2',
+                                 '--steps', '1000'])
     views = torch.stack([torch.full((1, 2, 2), float(v)) for v in range(8)])    # 2 views x 4 images
-    u = make_guess(probs([0.9, 0.5, 0.6, 0.95], [0, 1, 2, 0]))
+    u = make_guess(probs([0.95, 0.5, 0.6, 0.85], [0, 1, 2, 0]))
     u.views = views
     seen = []
 
@@ -55,13 +58,22 @@ def test_consistency_adds_a_pi_loss_on_the_images_below_the_threshold():
         seen.append(x[:, 0, 0, 0].tolist())
         return torch.stack([x[:, 0, 0, 0], -x[:, 0, 0, 0], torch.zeros(len(x))], dim=1)
 
+    for step, threshold in ((0, 0.9), (159, 0.9), (160, 0.9 - 1 / 300), (996, 0.9 - 210 / 300)):
+        chosen, keep, th = policy.select(u, context(RT, step=step, steps=1000))  # epoch 1, 40.75, 41, 250
+        assert th.item() == pytest.approx(threshold)
+        assert keep.tolist() == [x >= threshold for x in (0.95, 0.5, 0.6, 0.85)]
+        assert torch.equal(chosen.target, u.mean_prob)                       # unsharpened, as main.py:438
     rows = semisup_rows(8)
-    term, loss_u = policy.loss(rows, u, context(RT, forward=forward))
+    policy.select(u, context(RT, step=35, steps=1000))                       # epoch 9.75: no Pi loss yet
+    term, loss_u = policy.loss(rows, u, context(RT, forward=forward, step=35, steps=1000))
+    assert seen == [] and term.item() == pytest.approx(2 * loss_u.item()) and policy.log_values()['pi'].item() == 0
+    policy.select(u, context(RT, step=400, steps=1000))                      # epoch 101: threshold 0.9 - 61/300
+    term, loss_u = policy.loss(rows, u, context(RT, forward=forward, step=400, steps=1000))
     assert seen == [[float(v) for v in range(8)]]                 # views 0 and 1 of every image, the same passes
     p = torch.softmax(forward(torch.tensor([1.0, 2.0, 5.0, 6.0]).view(4, 1, 1, 1).expand(4, 1, 2, 2)), dim=1)
-    pi = (p[:2] - p[2:]).pow(2).mean()                                       # images 1 and 2 are below 0.8
+    pi = (p[:2] - p[2:]).pow(2).mean()                                       # images 1 and 2 are below 0.697
     assert policy.log_values()['pi'].item() == pytest.approx(pi.item())
-    assert term.item() == pytest.approx(2 * loss_u.item() + 2 * 10 * pi.item())
+    assert term.item() == pytest.approx(2 * loss_u.item() + 10 * 2 * (101 / 250) * pi.item())
 
 
 def semisup_rows(n):
