@@ -149,11 +149,15 @@ def get_args(argv=None):
 
 
 def guess_labels(net, rt, images, index, hidden, args):
-    """MixMatch's label guess: K augmentations of every image, the mean softmax over them, sharpened with T."""
+    """MixMatch's label guess: K augmentations of every image, the mean softmax over them, sharpened with T. With
+    --guess-views weak, the guess comes from K other views of crop and flip alone (the original's Adaptive_RA,
+    main.py:531-532), and the augmented views train."""
     views = torch.cat([augment_views(images, args) for _ in range(args.K)])
     views = views.contiguous(memory_format=rt.memory_format)
+    guessed = views if args.guess_views == 'augmented' else torch.cat(
+        [augment.augment(images, args.augment_kind) for _ in range(args.K)]).contiguous(memory_format=rt.memory_format)
     with torch.no_grad(), rt.autocast():
-        mean_prob = torch.softmax(net(views).float(), dim=1).view(args.K, len(images), -1).mean(dim=0)
+        mean_prob = torch.softmax(net(guessed).float(), dim=1).view(args.K, len(images), -1).mean(dim=0)
     return Guess(images, index, hidden, views, mean_prob, semisup.sharpen(mean_prob, args.T))
 
 

@@ -145,6 +145,7 @@ CASES = [
     ('adaptive', ['--lr-schedule', 'exponential'], '--lr-schedule exponential needs --lr-gamma'),
     ('adaptive', ['--lr-gamma', '0.9'], '--lr-gamma has no effect with --lr-schedule constant'),
     ('mixmatch', ['--alpha', '0', '--mix', 'cutmix'], '--mix has no effect with --alpha 0'),
+    ('adaptive', ['--guess-views', 'weak'], '--guess-views has no effect without --randaugment, --augmix or --cutout'),
     ('adaptive', ['--init', '{other_arch}', '--out', '{empty}/fresh'],
      'the checkpoint is --arch resnet18, this run --arch wrn28_2'),
     ('adaptive', ['--init', '{not_ckpt}', '--out', '{empty}/fresh'], 'cannot load checkpoint {not_ckpt}'),

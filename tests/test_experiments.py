@@ -202,3 +202,24 @@ def test_rotnet_pretraining_starts_a_method_with_init(images, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (f'--init: the backbone from {pre}/best.pt, a rotnet checkpoint (4 classes); the classifier head is '
             'initialized anew (this run has 3 classes)') in r.stdout
+
+
+@pytest.mark.parametrize('guess_views', ['augmented', 'weak'])
+def test_guess_views_weak_guesses_from_crop_and_flip_and_trains_the_augmented_views(guess_views):
+    """436-438's code guessed from weak views and trained RandAugment views. CutOut of twice the side blanks every
+    augmented view, so what the network saw tells which views the guess came from."""
+    from conftest import load_train
+    from runtime import Runtime
+    train = load_train('adaptive')
+    args = train.get_args(['--cutout', '56', '--guess-views', guess_views, '--device', 'cpu'])
+    args.augment_kind = 'padcrop'
+    seen = []
+
+    def net(x):
+        seen.append(x.detach().clone())
+        return torch.zeros(len(x), 10)
+
+    images = torch.randint(1, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    u = train.guess_labels(net, Runtime('cpu', 'off'), images, torch.arange(4), torch.full((4,), -1), args)
+    assert len(seen) == 1 and seen[0].shape == (8, 1, 28, 28) and (u.views == 0).all()   # K = 2 views train, blank
+    assert (seen[0] == 0).all() == (guess_views == 'augmented')

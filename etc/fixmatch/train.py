@@ -35,7 +35,7 @@ from runtime import Runtime, StopRequest, fail, seed_everything
 METHOD = 'fixmatch'
 # Shared flags of MixMatch's step that FixMatch's does not have: refused, and left out of --help.
 NOT_READ = frozenset({'K', 'T', 'alpha', 'mix', 'loss', 'labeled_only', 'drop_unkept', 'train_acc', 'randaugment',
-                      'augmix', 'cutout'})
+                      'augmix', 'cutout', 'guess_views'})
 
 
 # =========================================================================================================

@@ -35,7 +35,8 @@ from runtime import Runtime, StopRequest, fail, seed_everything
 
 METHOD = 'meanteacher'
 # Shared flags of MixMatch's step that Mean Teacher's does not have: refused, and left out of --help.
-NOT_READ = frozenset({'K', 'T', 'alpha', 'mix', 'loss', 'labeled_only', 'drop_unkept', 'train_acc', 'rampup_start'})
+NOT_READ = frozenset({'K', 'T', 'alpha', 'mix', 'loss', 'labeled_only', 'drop_unkept', 'train_acc', 'rampup_start',
+                      'guess_views'})
 
 
 # =========================================================================================================

@@ -15,7 +15,7 @@ from models import UserError
 EVALUATE_FLAGS = {'evaluate', 'data_root', 'download', 'cache_dir', 'device', 'eval_batch_size'}
 # What plays no part when no unlabeled image is guessed (--labeled-only), besides the family's flags.
 UNLABELED_FLAGS = {'K', 'T', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start', 'unlabeled_batch_size',
-                   'drop_unkept', 'policy', 'train_acc', 'rot_weight'}
+                   'drop_unkept', 'policy', 'train_acc', 'rot_weight', 'guess_views'}
 
 
 # Each script's own flags (its add_method_flags), so that a flag given to the wrong script names the scripts that
@@ -74,6 +74,8 @@ def common_parser():
                         '(the reference: 3; 0: off)')
     g.add_argument('--cutout', type=int, default=0, metavar='PX',
                    help='CutOut, last: a PX x PX square per image set to 0 (DeVries & Taylor: 16 on 32 px; 0: off)')
+    g.add_argument('--guess-views', default='augmented', choices=('augmented', 'weak'),
+                   help='views the guess is made from: those that train, or crop + flip alone (436-438\'s code)')
 
     g = p.add_argument_group('model')
     g.add_argument('--arch', default='wrn28_2', choices=models.ARCHS,
@@ -238,6 +240,8 @@ def refuse_flags_without_effect(args, given, family, read_by_policy, reads_train
             (args.lr_schedule != 'exponential', given & {'lr_gamma'},
              f'with --lr-schedule {args.lr_schedule}; use --lr-schedule exponential'),
             (args.alpha == 0, given & {'mix'}, 'with --alpha 0 (no mixing)'),
+            (not (args.randaugment or args.augmix or args.cutout), given & {'guess_views'},
+             'without --randaugment, --augmix or --cutout (the views are crop + flip alone)'),
         ]
     for applies, flags, why in rules:
         if applies and flags:

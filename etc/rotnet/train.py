@@ -34,7 +34,8 @@ METHOD = 'rotnet'
 ROTATIONS = ('0', '90', '180', '270')  # the classes: counter-clockwise quarter turns
 # Shared flags of the semi-supervised step that pretraining does not have: refused, and left out of --help.
 NOT_READ = frozenset({'K', 'T', 'alpha', 'mix', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start', 'labeled_only',
-                      'drop_unkept', 'train_acc', 'unlabeled_batch_size', 'rot_weight', 'policy'})
+                      'drop_unkept', 'train_acc', 'unlabeled_batch_size', 'rot_weight', 'policy',
+                      'guess_views'})
 
 
 def add_method_flags(parser):

@@ -59,7 +59,7 @@ METHOD = 'simclr'
 # their own pipeline and flags) and --evaluate (it measures the classifier head, which SimCLR never trains).
 NOT_READ = frozenset({'K', 'T', 'alpha', 'mix', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start', 'labeled_only',
                       'drop_unkept', 'train_acc', 'unlabeled_batch_size', 'rot_weight', 'policy', 'augment',
-                      'randaugment', 'augmix', 'cutout', 'evaluate'})
+                      'randaugment', 'augmix', 'cutout', 'evaluate', 'guess_views'})
 EVAL_IMAGES = 512  # images of the validation (and test) set whose views the retrieval accuracy ranks
 EVAL_SEED = 0      # the seed of their views: the same views at every evaluation, whatever --seed
 
