@@ -528,7 +528,8 @@ def write_table(table, seeds, args, results):
         walls += [r['wall_s'] for r in done]
         lines.append('| ' + ' | '.join(head + [cell(done) for _, cell in columns[4:]]) + ' |')
     lines += ['', '**Paired differences** (same seed, same labeled images and initialization), test top-1 at the '
-              'best-val checkpoint, mean ± sample std over seeds (n):', '',
+              'best-val checkpoint: mean ± sample std over seeds, 95% intervals (Student\'s t; a percentile bootstrap '
+              f'over seeds, {BOOTSTRAP_RESAMPLES:,} resamples, scipy.stats), and the seeds on which the row leads:', '',
               '| entry | − labeled-only | − MixMatch |' + (' − MixMatch λu 75 |' if M75 in dict(rows) else ''),
               '|---|---|---|' + ('---|' if M75 in dict(rows) else '')]
     bases = [rows[0][0], rows[1][0]] + ([M75] if M75 in dict(rows) else [])
@@ -540,7 +541,12 @@ def write_table(table, seeds, args, results):
                 continue
             d = paired(results, entry, base, seeds)
             per_seed = f'; per seed {", ".join(signed_number(x) for x in d)}' if len(d) > 1 else ''
-            cells.append(f'{mean_std(d, signed=True)} ({len(d)}{per_seed})' if d else '—')
+            if not d:
+                cells.append('—')
+                continue
+            st = paired_stats(d)
+            intervals = f'; t {interval(st["t"])}, bootstrap {interval(st["bootstrap"])}' if st['t'] else ''
+            cells.append(f'{mean_std(d, signed=True)}{intervals} ({st["ahead"]}/{st["n"]} ahead{per_seed})')
         lines.append(f'| {entry} | ' + ' | '.join(cells) + ' |')
     if len(seeds) > 1:  # the numbers the differences come from
         lines += ['', 'Test top-1 at the best-val checkpoint, per seed:', '',
@@ -583,7 +589,8 @@ def preset_summary(args, seeds, results):
              'Every command below also '
              f'takes `{flags}` (MixMatch rows: `{" ".join(s["rampup"])}`). Top-1/top-5: test set, EMA weights '
              'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in '
-             'top-1 (row minus column). Checkpoint: seed 0\'s, with the numbers its file gives in '
+             'top-1 (row minus column): its mean, 95% intervals (Student\'s t, then a percentile bootstrap over seeds, '
+             f'{BOOTSTRAP_RESAMPLES:,} resamples, scipy.stats) and the seeds on which the row leads. Checkpoint: seed 0\'s, with the numbers its file gives in '
              '[pretrained/README.md](../../../pretrained/README.md).', '']
     for t in TABLES:
         title, rows = table_rows(t, args.preset)
@@ -605,7 +612,7 @@ def preset_summary(args, seeds, results):
                 continue
             score = (f'{mean_std([r["best_top1"] for r in done])} / {mean_std([r["best_top5"] for r in done])} '
                      f'({len(done)}{f"; {ONE_SEED}" if len(done) == 1 else ""})')
-            deltas = [delta(results, entry, base, seeds) for base in bases]
+            deltas = [delta(results, entry, base, seeds, bootstrap=True) for base in bases]
             ck = released.get((entry, args.preset))
             checkpoint = (f'[{ck["file"]}](../../../pretrained/{ck["file"]}) | `{ck["sha256"][:16]}…`' if ck
                           else '— | —')
@@ -624,10 +631,44 @@ def released_checkpoints():
         return {(r['entry'], r['preset']): r for r in json.load(f)['checkpoints']}
 
 
-def delta(results, entry, base, seeds):
-    """Mean ± std of the paired differences, with n; empty for the base itself or without pairs."""
+BOOTSTRAP_RESAMPLES = 10000
+
+
+def paired_stats(d):
+    """The mean of paired differences, its 95% intervals (Student's t; a percentile bootstrap of the mean over
+    seeds, 10,000 resamples, seeded: scipy.stats), and on how many seeds the row leads (difference > 0). The
+    intervals are None below two seeds."""
+    import numpy as np
+    from scipy import stats
+    d = np.asarray(d, dtype=float)
+    out = {'mean': float(d.mean()), 'n': len(d), 'ahead': int((d > 0).sum()), 't': None, 'bootstrap': None}
+    if len(d) >= 2:
+        half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+        out['t'] = (out['mean'] - half, out['mean'] + half)
+        if d.std() == 0:  # every seed the same: the resampled means are too
+            out['bootstrap'] = (out['mean'], out['mean'])
+        else:
+            ci = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=BOOTSTRAP_RESAMPLES,
+                                 method='percentile', rng=np.random.default_rng(0)).confidence_interval
+            out['bootstrap'] = (float(ci.low), float(ci.high))
+    return out
+
+
+def interval(bounds):
+    return f'[{signed_number(bounds[0])}, {signed_number(bounds[1])}]'
+
+
+def delta(results, entry, base, seeds, bootstrap=False):
+    """The paired differences: mean, 95% interval (t; and the bootstrap's), seeds ahead of n; empty for the base
+    itself or without pairs."""
     d = paired(results, entry, base, seeds) if entry != base else []
-    return f'{mean_std(d, signed=True)} ({len(d)})' if d else ''
+    if not d:
+        return ''
+    st = paired_stats(d)
+    if st['t'] is None:
+        return f'{signed_number(st["mean"])} ({st["ahead"]}/{st["n"]} ahead)'
+    boot = f', bootstrap {interval(st["bootstrap"])}' if bootstrap else ''
+    return f'{signed_number(st["mean"])} {interval(st["t"])}{boot} ({st["ahead"]}/{st["n"]} ahead)'
 
 
 def readme_block(args, seeds):

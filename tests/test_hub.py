@@ -84,7 +84,7 @@ def test_the_readmes_python_hub_example_runs_as_written(monkeypatch):
     """The README's hub block, pasted into Python from the root of a clone; no placeholder anywhere."""
     readme = open(os.path.join(REPO, 'README.md')).read()
     assert '<owner>' not in readme and '<owner>' not in open(os.path.join(REPO, 'hubconf.py')).read()
-    block = readme.split('In Python, from the root of a clone', 1)[1].split('\n\n', 2)[1]
+    block = readme.split('In Python, from a clone\'s root', 1)[1].split('\n\n', 2)[1]
     code = '\n'.join(line[4:] for line in block.splitlines())
     assert "torch.hub.load('.', 'adaptive_ce_1', source='local')" in code
     monkeypatch.chdir(REPO)

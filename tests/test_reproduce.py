@@ -3,6 +3,7 @@ seeds, and the tables it writes follow the training scripts' own best-val and me
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -91,7 +92,8 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert '| labeled-only-few: labeled only, few labels | — | — | 2 | 58.50 ± 3.54 |' in text
     assert '| mixmatch-few: MixMatch, few labels | 478 | 59.58 | 2 | 80.00 ± 1.41 |' in text
     assert '| adaptive-ce-1-few: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | 0 | not run |' in text
-    assert '| mixmatch-few | +21.50 ± 2.12 (2; per seed +20.00, +23.00) |  |' in text  # 81-61, 79-56
+    assert ('| mixmatch-few | +21.50 ± 2.12; t [+2.44, +40.56], bootstrap [+20.00, +23.00] (2/2 ahead; per seed '
+            '+20.00, +23.00) |  |') in text  # 81-61, 79-56: t 12.706 * 2.12 / sqrt 2 = 19.06 either side
     assert 'seeds 0, 1 (asked, or run by an earlier call' in text and 'sample standard deviation (n − 1)' in text
     assert reproduce.mean_std([-1.456], signed=True) == '\u22121.46'  # the typographic minus of the README
     assert reproduce.mean_std([1, 3], signed=True) == '+2.00 ± 1.41'
@@ -110,7 +112,8 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert open(tmp_path / 'results' / 'quick' / 'table3.md').read() == text
     summary = open(tmp_path / 'results' / 'quick' / 'README.md').read()  # the preset's summary, with commands
     assert ('| MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
-            '80.00 ± 1.41 / 90.00 ± 1.41 (2) | +21.50 ± 2.12 (2) |  |') in summary
+            '80.00 ± 1.41 / 90.00 ± 1.41 (2) | +21.50 [+2.44, +40.56], bootstrap [+20.00, +23.00] (2/2 ahead) |  |') \
+        in summary
     assert 'Not run at this preset: adaptive-ce-1-few.' in summary
     # the README's one table: every entry at every preset with finished runs, its paired differences
     fake_run(runs, 'mixmatch-few', 0, [70, 75, 80], [71, 76, 85], preset='medium')
@@ -126,14 +129,14 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     rows = [line for line in text.splitlines() if line.startswith('| T3')]
     assert rows == [
         '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
-        '**58.50 ± 3.54** (2, quick) | −21.50 ± 2.12 (2) |  |  | — |',
+        '**58.50 ± 3.54** (2, quick) | −21.50 [−40.56, −2.44] (0/2 ahead) |  |  | — |',
         '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
-        '**56.00** (1, medium; one seed: not evidence) | −29.00 (1) |  |  | — |',
+        '**56.00** (1, medium; one seed: not evidence) | −29.00 (0/1 ahead) |  |  | — |',
         '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
-        '**80.00 ± 1.41** (2, quick) |  |  | +21.50 ± 2.12 (2) | '
+        '**80.00 ± 1.41** (2, quick) |  |  | +21.50 [+2.44, +40.56] (2/2 ahead) | '
         '[mixmatch-few-quick-s0-0123abcd](pretrained/mixmatch-few-quick-s0-0123abcd.pt) |',
         '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
-        '**85.00** (1, medium; one seed: not evidence) |  |  | +29.00 (1) | — |']
+        '**85.00** (1, medium; one seed: not evidence) |  |  | +29.00 (1/1 ahead) | — |']
     assert 'Also measured: [quick-v1](etc/results/quick-v1/README.md).' in text and '99.00' not in text
 
 
@@ -290,3 +293,18 @@ def test_the_plan_counts_only_the_steps_a_resumed_run_has_left(tmp_path, monkeyp
     reproduce.plan([('mixmatch-few', 0), ('mixmatch-few', 1)], [('mixmatch-few', 0), ('mixmatch-few', 1)], args)
     out = capsys.readouterr().out
     assert 'about 1.5 h of run time' in out and 'resuming: mixmatch-few s0 from step 512' in out  # 0.5 h + 1 h
+
+
+def test_paired_statistics_are_the_t_and_bootstrap_intervals_of_the_mean_difference():
+    """Ten paired differences: Student's t interval (t_0.975,9 = 2.2622), a percentile bootstrap that lies within
+    the range of the data and is reproducible, and the seeds ahead."""
+    d = [1.2, 0.4, -0.3, 2.0, 1.1, 0.9, 1.5, -0.2, 0.8, 1.6]
+    st = reproduce.paired_stats(d)
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    assert st['mean'] == pytest.approx(mean) and st['n'] == 10 and st['ahead'] == 8
+    assert st['t'] == pytest.approx((mean - 2.262157 * sd / 10 ** 0.5, mean + 2.262157 * sd / 10 ** 0.5), abs=1e-5)
+    low, high = st['bootstrap']
+    assert min(d) < low < mean < high < max(d) and reproduce.paired_stats(d)['bootstrap'] == (low, high)
+    assert high - low < st['t'][1] - st['t'][0]                      # the percentile bootstrap is the narrower here
+    assert reproduce.paired_stats([0.5])['t'] is None                  # one seed: no interval
+    assert reproduce.paired_stats([0.5, 0.5])['bootstrap'] == (0.5, 0.5)
