@@ -206,9 +206,19 @@ def run_dir(runs_dir, preset, entry, seed):
 
 
 def method_command(entry, preset):
-    """The entry's flags as the README writes them (schedule and seed flags come from the preset)."""
-    script, _, labels, _, _ = ENTRIES[entry]
-    return ' '.join(['python', f'{script}/train.py', *entry_flags(entry, preset), '--n-labeled', str(labels)])
+    """The entry's command as the tables write it: at a faithful preset, what seed 0 ran, with the scripts'
+    --preset for the schedule flags it sets (seed i adds --seed i --split-seed i); at the v1 presets, the method
+    flags alone (the summary gives the schedule flags)."""
+    script, flags, labels, _, _ = ENTRIES[entry]
+    cmd = ['python', f'{script}/train.py', *entry_flags(entry, preset), '--n-labeled', str(labels)]
+    if PRESETS[preset]['setup'] != 'faithful':
+        return ' '.join(cmd)
+    s = schedule(preset)
+    if entry in SCHEDULE_EPOCHS:
+        cmd += ['--schedule-steps', str(round(SCHEDULE_EPOCHS[entry] * s['steps'] / ORIGINAL_EPOCHS))]
+    if entry in RAMPED:  # a ramp the script's preset does not set (the adaptive family has none)
+        cmd += s['rampup']
+    return ' '.join(cmd + ['--preset', preset])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -586,11 +596,15 @@ def preset_summary(args, seeds, results):
              f'Written by `python etc/reproduce.py --preset {args.preset} --seeds {len(seeds)} --report` from the '
              f'finished runs. {"Seed " + str(seeds[0]) if len(seeds) == 1 else f"Seeds {seeds[0]}–{seeds[-1]}"}'
              f' where run (n per row), on {"; ".join(sorted({r["hardware"] for r in results.values()})) or "—"}. '
-             'Every command below also '
-             f'takes `{flags}` (MixMatch rows: `{" ".join(s["rampup"])}`). Top-1/top-5: test set, EMA weights '
+             + (f'Every command below is seed 0\'s; seed i adds `--seed i --split-seed i`. `--preset {args.preset}` '
+                f'sets `{flags.replace(" --seed i --split-seed i", "")}` (MixMatch rows: `{" ".join(s["rampup"])}`). '
+                if s['setup'] == 'faithful' else
+                f'Every command below also takes `{flags}` (MixMatch rows: `{" ".join(s["rampup"])}`). ')
+             + 'Top-1/top-5: test set, EMA weights '
              'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in '
              'top-1 (row minus column): its mean, 95% intervals (Student\'s t, then a percentile bootstrap over seeds, '
-             f'{BOOTSTRAP_RESAMPLES:,} resamples, scipy.stats) and the seeds on which the row leads. Checkpoint: seed 0\'s, with the numbers its file gives in '
+             f'{BOOTSTRAP_RESAMPLES:,} resamples, scipy.stats) and the seeds on which the row leads. Checkpoint: '
+             'seed 0\'s, with the numbers its file gives in '
              '[pretrained/README.md](../../../pretrained/README.md).', '']
     for t in TABLES:
         title, rows = table_rows(t, args.preset)

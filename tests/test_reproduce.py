@@ -1,7 +1,9 @@
 """etc/reproduce.py: the commands it runs are the tables' flags with the preset's one schedule rule and paired
 seeds, and the tables it writes follow the training scripts' own best-val and median rules."""
+import glob
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -111,7 +113,7 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert reproduce.main(medium) == 0 and 'not run' in open(tmp_path / 'results' / 'medium' / 'table3.md').read()
     assert open(tmp_path / 'results' / 'quick' / 'table3.md').read() == text
     summary = open(tmp_path / 'results' / 'quick' / 'README.md').read()  # the preset's summary, with commands
-    assert ('| MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
+    assert ('| MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80 --preset quick` | '
             '80.00 ± 1.41 / 90.00 ± 1.41 (2) | +21.50 [+2.44, +40.56], bootstrap [+20.00, +23.00] (2/2 ahead) |  |') \
         in summary
     assert 'Not run at this preset: adaptive-ce-1-few.' in summary
@@ -128,14 +130,14 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert text.startswith('intro\n<!-- results: begin') and text.endswith('<!-- results: end -->\nrest\n')
     rows = [line for line in text.splitlines() if line.startswith('| T3')]
     assert rows == [
-        '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
+        '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80 --preset quick` | '
         '**58.50 ± 3.54** (2, quick) | −21.50 [−40.56, −2.44] (0/2 ahead) |  |  | — |',
-        '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80` | '
+        '| T3: labeled only, few labels | — | — | `python mixmatch/train.py --labeled-only --n-labeled 80 --preset medium` | '
         '**56.00** (1, medium; one seed: not evidence) | −29.00 (0/1 ahead) |  |  | — |',
-        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
+        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80 --preset quick` | '
         '**80.00 ± 1.41** (2, quick) |  |  | +21.50 [+2.44, +40.56] (2/2 ahead) | '
         '[mixmatch-few-quick-s0-0123abcd](pretrained/mixmatch-few-quick-s0-0123abcd.pt) |',
-        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80` | '
+        '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80 --preset medium` | '
         '**85.00** (1, medium; one seed: not evidence) |  |  | +29.00 (1/1 ahead) | — |']
     assert 'Also measured: [quick-v1](etc/results/quick-v1/README.md).' in text and '99.00' not in text
 
@@ -308,3 +310,52 @@ def test_paired_statistics_are_the_t_and_bootstrap_intervals_of_the_mean_differe
     assert high - low < st['t'][1] - st['t'][0]                      # the percentile bootstrap is the narrower here
     assert reproduce.paired_stats([0.5])['t'] is None                  # one seed: no interval
     assert reproduce.paired_stats([0.5, 0.5])['bootstrap'] == (0.5, 0.5)
+
+
+def readme_rows():
+    """(command, preset, n) of every row of the README's results block."""
+    text = open(os.path.join(REPO, 'README.md')).read()
+    block = text.split('<!-- results: begin', 1)[1].split('<!-- results: end -->', 1)[0]
+    rows = []
+    for line in block.splitlines():
+        if line.startswith('| T'):
+            command = re.search(r'`(python [^`]+)`', line).group(1)
+            n, preset = re.search(r'\*\* \((\d+), ([\w-]+)', line).groups()
+            rows.append((command, preset, int(n)))
+    return rows
+
+
+def test_every_command_beside_a_readme_number_is_the_one_its_runs_ran():
+    """Pasted as it is (with seed i's --seed i --split-seed i), each command of the README's table parses, by its
+    script's own parser, to the arguments of the archived runs whose numbers stand beside it."""
+    import shlex
+    rows = readme_rows()
+    assert len(rows) >= 9 and all('--preset' in c for c, _, _ in rows)
+    for command, preset, n in rows:
+        entry, = [e for e in reproduce.ENTRIES if reproduce.in_setup(e, preset)
+                  and reproduce.method_command(e, preset) == command]
+        train = load_train(command.split()[1][:-len('/train.py')])
+        runs = sorted(glob.glob(os.path.join(REPO, 'etc', 'results', 'logs', preset, entry, 's*', 'reproduce.json')))
+        done = [json.load(open(path)) for path in runs]
+        done = [info for info in done if info['done']]
+        assert len(done) == n, (entry, preset)
+        for info in done:
+            seed = str(info['seed'])
+            pasted = vars(train.get_args(shlex.split(command)[2:] + ['--seed', seed, '--split-seed', seed]))
+            ran = vars(train.get_args(shlex.split(info['command'])[2:]))
+            for key in ('out', 'resume', 'device', 'amp', 'preset'):
+                pasted.pop(key), ran.pop(key)
+            assert pasted == ran, (entry, preset, seed, {k for k in ran if ran[k] != pasted[k]})
+
+
+def test_the_readme_headline_command_runs_as_pasted(tmp_path):
+    """The adaptive CE command of the README's table, pasted, for 2 steps (the preset's length given way to)."""
+    import shlex
+    command = next(c for c, p, _ in readme_rows() if c.startswith('python adaptive/train.py --min-th 0.5 --lambda-u 1 '
+                                                                  '--loss ce --n-labeled 250') and p == 'quick')
+    r = subprocess.run([sys.executable, *shlex.split(command)[1:], '--steps', '2', '--device', 'cpu', '--out',
+                        str(tmp_path / 'run')], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
+    assert r.returncode == 0, r.stderr
+    assert 'acc_window=128' in r.stdout and 'n_val=1000' in r.stdout and 'steps=2 ' in r.stdout
+    assert re.search(r'best val top-1 [\d.]+ at step 2: test top-1 [\d.]+', r.stdout)

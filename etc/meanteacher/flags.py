@@ -18,6 +18,30 @@ UNLABELED_FLAGS = {'K', 'T', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start',
                    'drop_unkept', 'policy', 'train_acc', 'rot_weight', 'guess_views'}
 
 
+# The reproduction presets: a run's length and the schedule flags that scale with it, one rule for every method
+# (etc/reproduce.py runs each table entry with these). --eval-every = --acc-window = steps / evaluations, --n-val
+# 1000; MixMatch's weight ramps as the original's (from 1/20 of lambda_u, full after 19 of 300 epochs); the full
+# preset measures the test set at every evaluation, for the median of the last 20.
+PRESETS = {'quick': {'steps': 1024, 'evals': 8}, 'medium': {'steps': 4096, 'evals': 16},
+           'full': {'steps': 16384, 'evals': 64, 'median': True}}
+PRESET_N_VAL, ORIGINAL_EPOCHS, RAMPUP_EPOCHS = 1000, 300, 19
+
+
+def preset_flags(name, ramp=None):
+    """The flags --preset NAME sets, {dest: value}. ramp: 'original' where the script ramps lambda_u as MixMatch
+    (the original's shape), 'length' where it has a ramp of its own shape (Mean Teacher's), None for no ramp."""
+    p = PRESETS[name]
+    every = p['steps'] // p['evals']
+    values = {'steps': p['steps'], 'eval_every': every, 'acc_window': every, 'n_val': PRESET_N_VAL}
+    if ramp:
+        values['rampup_steps'] = round(RAMPUP_EPOCHS * p['steps'] / ORIGINAL_EPOCHS)
+    if ramp == 'original':
+        values['rampup_start'] = 0.05
+    if p.get('median'):
+        values['test_when'] = 'every-eval'
+    return values
+
+
 # Each script's own flags (its add_method_flags), so that a flag given to the wrong script names the scripts that
 # have it. tests/test_bad_input.py checks the table against the scripts.
 SCRIPT_FLAGS = {
@@ -141,6 +165,8 @@ def common_parser():
                    help='test set: when val top-1 improves and at the end, or at every evaluation (median of 20)')
 
     g = p.add_argument_group('run')
+    g.add_argument('--preset', default=None, choices=sorted(PRESETS),
+                   help='a reproduction preset: its length and schedule flags (README), unless given on their own')
     g.add_argument('--out', default=None, metavar='DIR',
                    help='run directory (default: runs/<method>-<dataset>-<labels>-<arch>-<flags that matter>-s<seed>)')
     g.add_argument('--resume', default=None, metavar='auto|PATH',
@@ -211,6 +237,11 @@ def parse(argv, description, method, add_method_flags, check_method_args, polici
         raise UserError(f'{", ".join(sorted("--" + k.replace("_", "-") for k in given & not_read))}: not read by '
                         f'{method} (see --help)')
     refuse_flags_without_effect(args, given, family, set(policy.FLAGS), policy.reads_train_acc(args))
+    if args.preset:  # the flags given on the command line win over the preset's
+        ramp = None if args.labeled_only else {'mixmatch': 'original', 'meanteacher': 'length'}.get(method)
+        for dest, value in preset_flags(args.preset, ramp).items():
+            if dest not in given:
+                setattr(args, dest, value)
     finish_args(args, method)
     check_method_args(args)
     return args
