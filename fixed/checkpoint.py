@@ -284,7 +284,7 @@ def finished(run, args):
 
 def changed_flags(ckpt, args):
     """The flags whose value differs from the checkpoint's: {name: [saved, now]}."""
-    derived = ('resume', 'out', 'num_classes', 'augment_kind')
+    derived = ('resume', 'out', 'num_classes', 'augment_kind', 'preset')  # --preset: the flags it sets are compared
     return {k: [v, vars(args).get(k)] for k, v in sorted(ckpt['args'].items())
             if k not in derived and vars(args).get(k) != v}
 
