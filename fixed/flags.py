@@ -251,7 +251,8 @@ def refuse_flags_without_effect(args, given, family, read_by_policy, reads_train
     """A flag given on the command line that would change nothing is an error: the user meant something."""
     flag = lambda dest: '--' + dest.replace('_', '-')  # noqa: E731
     if args.evaluate:
-        rules = [(True, given - EVALUATE_FLAGS, 'with --evaluate, which takes every other setting from the checkpoint')]
+        rules = [(True, given - EVALUATE_FLAGS, 'with --evaluate, which takes it from the checkpoint (it reads only '
+                  + ', '.join(sorted('--' + f.replace('_', '-') for f in EVALUATE_FLAGS - {'evaluate'})) + ')')]
     else:
         rules = [
             (args.labeled_only, given & (UNLABELED_FLAGS | family),
