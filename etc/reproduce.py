@@ -206,13 +206,15 @@ def run_dir(runs_dir, preset, entry, seed):
 
 
 def method_command(entry, preset):
-    """The entry's command as the tables write it: at a faithful preset, what seed 0 ran, with the scripts'
-    --preset for the schedule flags it sets (seed i adds --seed i --split-seed i); at the v1 presets, the method
-    flags alone (the summary gives the schedule flags)."""
+    """The entry's command as the tables write it, what seed 0 ran (seed i adds --seed i --split-seed i): at a
+    faithful preset with the scripts' --preset for the schedule flags it sets; at the v1 presets, which the
+    scripts have no --preset for, with the schedule flags themselves."""
     script, flags, labels, _, _ = ENTRIES[entry]
     cmd = ['python', f'{script}/train.py', *entry_flags(entry, preset), '--n-labeled', str(labels)]
     if PRESETS[preset]['setup'] != 'faithful':
-        return ' '.join(cmd)
+        ran = command(entry, 0, preset, 'auto', 'runs')
+        per_run = {i for i, a in enumerate(ran) if a in ('--seed', '--split-seed', '--device', '--out', '--resume')}
+        return ' '.join(['python'] + [a for i, a in enumerate(ran) if i not in per_run and i - 1 not in per_run])
     s = schedule(preset)
     if entry in SCHEDULE_EPOCHS:
         cmd += ['--schedule-steps', str(round(SCHEDULE_EPOCHS[entry] * s['steps'] / ORIGINAL_EPOCHS))]
@@ -596,10 +598,9 @@ def preset_summary(args, seeds, results):
              f'Written by `python etc/reproduce.py --preset {args.preset} --seeds {len(seeds)} --report` from the '
              f'finished runs. {"Seed " + str(seeds[0]) if len(seeds) == 1 else f"Seeds {seeds[0]}–{seeds[-1]}"}'
              f' where run (n per row), on {"; ".join(sorted({r["hardware"] for r in results.values()})) or "—"}. '
-             + (f'Every command below is seed 0\'s; seed i adds `--seed i --split-seed i`. `--preset {args.preset}` '
-                f'sets `{flags.replace(" --seed i --split-seed i", "")}` (MixMatch rows: `{" ".join(s["rampup"])}`). '
-                if s['setup'] == 'faithful' else
-                f'Every command below also takes `{flags}` (MixMatch rows: `{" ".join(s["rampup"])}`). ')
+             + 'Every command below is seed 0\'s; seed i adds `--seed i --split-seed i`. '
+             + (f'`--preset {args.preset}` sets `{flags.replace(" --seed i --split-seed i", "")}` (MixMatch rows: '
+                f'`{" ".join(s["rampup"])}`). ' if s['setup'] == 'faithful' else '')
              + 'Top-1/top-5: test set, EMA weights '
              'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in '
              'top-1 (row minus column): its mean, 95% intervals (Student\'s t, then a percentile bootstrap over seeds, '
@@ -687,8 +688,9 @@ def delta(results, entry, base, seeds, bootstrap=False):
 
 def readme_block(args, seeds):
     """The README's one results table: every entry of the paper's tables at every faithful preset that has
-    finished runs (the -v1 presets only while no faithful preset has any; the policy table and the presets not
-    shown are linked below it)."""
+    finished runs of it; an entry that none has is shown at the first preset that has (its row says which), or
+    as not run, so that no entry of the paper's tables is missing. The policy table and the presets not shown
+    are linked below it."""
     released = released_checkpoints()
     lines = ['<!-- results: begin (written by `python etc/reproduce.py --seeds 3 --report --readme`; edit the '
              'script, not this block) -->',
@@ -709,10 +711,15 @@ def readme_block(args, seeds):
     for entry in entries:
         _, _, labels, session, _ = ENTRIES[entry]
         base_lo, base_mm = ('labeled-only', 'mixmatch') if labels == LABELS else ('labeled-only-few', 'mixmatch-few')
-        for preset, results in per_preset.items():
+        shown = {p: r for p, r in per_preset.items() if any(r.get((entry, sd)) for sd in seeds)}
+        if not shown:  # at the first preset that has it, else as not run
+            shown = {p: found[p] for p in PRESETS if any(found[p].get((entry, sd)) for sd in seeds)}
+            shown = dict(list(shown.items())[:1])
+        if not shown:
+            lines.append(f'| {tables[entry]}: {ENTRIES[entry][4]} | {session} | {papers[entry] or "—"} | — | not run '
+                         '|  |  |  | — |')
+        for preset, results in shown.items():
             done = [results[(entry, sd)] for sd in seeds if results.get((entry, sd))]
-            if not done:
-                continue
             ck = released.get((entry, preset))
             checkpoint = f'[{ck["file"][:-3]}](pretrained/{ck["file"]})' if ck else '—'
             lines.append(f'| {tables[entry]}: {describe(entry, preset)} | {session} | {papers[entry] or "—"} | '

@@ -138,8 +138,13 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
         '**80.00 ± 1.41** (2, quick) |  |  | +21.50 [+2.44, +40.56] (2/2 ahead) | '
         '[mixmatch-few-quick-s0-0123abcd](pretrained/mixmatch-few-quick-s0-0123abcd.pt) |',
         '| T3: MixMatch, few labels | 478 | 59.58 | `python mixmatch/train.py --lambda-u 5.66 --n-labeled 80 --preset medium` | '
-        '**85.00** (1, medium; one seed: not evidence) |  |  | +29.00 (1/1 ahead) | — |']
+        '**85.00** (1, medium; one seed: not evidence) |  |  | +29.00 (1/1 ahead) | — |',
+        '| T3: adaptive CE, lambda_u 1, few labels | 477 -> 485 | 61.15 | — | not run |  |  |  | — |']  # on the map
     assert 'Also measured: [quick-v1](etc/results/quick-v1/README.md).' in text and '99.00' not in text
+    fake_run(runs, 'adaptive-ce-1-few', 0, [60, 65, 70], [61, 66, 77], preset='quick-v1')  # measured at v1 alone
+    reproduce.write_readme(args, [0, 1], str(readme))
+    row, = [line for line in readme.read_text().splitlines() if line.startswith('| T3: adaptive CE')]
+    assert '**77.00** (1, quick-v1; one seed: not evidence)' in row and '--steps 1024 --eval-every 128' in row
 
 
 def test_cpu_threads_split_the_cores_and_the_last_lone_run_gets_them_all():
@@ -330,7 +335,7 @@ def test_every_command_beside_a_readme_number_is_the_one_its_runs_ran():
     script's own parser, to the arguments of the archived runs whose numbers stand beside it."""
     import shlex
     rows = readme_rows()
-    assert len(rows) >= 9 and all('--preset' in c for c, _, _ in rows)
+    assert len(rows) >= 9 and all('--preset' in c for c, p, _ in rows if reproduce.PRESETS[p]['setup'] == 'faithful')
     for command, preset, n in rows:
         entry, = [e for e in reproduce.ENTRIES if reproduce.in_setup(e, preset)
                   and reproduce.method_command(e, preset) == command]
@@ -359,3 +364,17 @@ def test_the_readme_headline_command_runs_as_pasted(tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'acc_window=128' in r.stdout and 'n_val=1000' in r.stdout and 'steps=2 ' in r.stdout
     assert re.search(r'best val top-1 [\d.]+ at step 2: test top-1 [\d.]+', r.stdout)
+
+
+def test_every_entry_of_the_papers_tables_is_on_the_readmes_map():
+    """Tables 1-3 have nine entries (MixMatch is in two): each has a row with its table, session, the paper's top-1
+    and ours, whichever preset measured it."""
+    nine = [('T1', '405', '73.89'), ('T1', '408', '72.84'), ('T1', '401', '73.96'), ('T2', '405', '73.89'),
+            ('T2', '431', '75.06'), ('T2', '467', '75.14'), ('T2', '468', '74.79'), ('T3', '478', '59.58'),
+            ('T3', '477 -> 485', '61.15')]
+    text = open(os.path.join(REPO, 'README.md')).read()
+    block = text.split('<!-- results: begin', 1)[1].split('<!-- results: end -->', 1)[0]
+    cells = [[c.strip() for c in line.split('|')[1:-1]] for line in block.splitlines() if line.startswith('| T')]
+    for table, session, paper in nine:
+        rows = [c for c in cells if table in c[0].split(':')[0] and c[1] == session and c[2] == paper]
+        assert rows and all(re.match(r'\*\*\d+\.\d\d', c[4]) for c in rows), (table, session)
