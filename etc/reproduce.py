@@ -34,24 +34,25 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'mixmatch'))
+import flags as script_flags  # noqa: E402  (the scripts' --preset: the one definition of the faithful schedules)
 
 # name: steps, evaluations, --n-val, and the setup its commands follow. The evaluations set --eval-every,
 # --acc-window and the "median of the last 20" window; --n-val 1000 (100 per class) keeps each evaluation
-# (val + 10k test, fp32) cheap on a CPU. Setup "faithful": the original's MixMatch ramp (from 1/20 of lambda_u,
-# full after 19 of 300 epochs) and the paper's MSE weight per class (below); the train accuracy and its window
-# seed follow the scripts' defaults (as session 431). Setup "v1": the first release's defaults, kept so that its
-# archived runs and released checkpoints can be reproduced exactly: MixMatch ramped from 0 over a quarter of the
-# run, MSE at lambda_u 75, the train accuracy read from the mixed rows with a window-mean seed.
-PRESETS = {
-    'quick': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'faithful'},
-    'medium': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'faithful'},
-    'full': {'steps': 16384, 'evals': 64, 'n_val': 1000, 'setup': 'faithful', 'median': True},
+# (val + 10k test, fp32) cheap on a CPU. Setup "faithful": the scripts' --preset (flags.PRESETS: the original's
+# MixMatch ramp, from 1/20 of lambda_u, full after 19 of 300 epochs) and the paper's MSE weight per class (below);
+# the train accuracy and its window seed follow the scripts' defaults (as session 431). Setup "v1": the first
+# release's defaults, kept so that its archived runs and released checkpoints can be reproduced exactly: MixMatch
+# ramped from 0 over a quarter of the run, MSE at lambda_u 75, the train accuracy read from the mixed rows with a
+# window-mean seed.
+PRESETS = {name: {**p, 'n_val': script_flags.PRESET_N_VAL, 'setup': 'faithful'}
+           for name, p in script_flags.PRESETS.items()} | {
     'quick-v1': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'v1'},
     'medium-v1': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'v1'},
 }
 LABELS, FEW_LABELS = 250, 80  # tables 1-2: 25 per class; table 3: 8 per class (the paper's 4k of ~13k: 3.3x fewer)
 CLASSES, PAPER_CLASSES = 10, 265
-ORIGINAL_EPOCHS, RAMPUP_EPOCHS = 300, 19  # the original ran 300 epochs; MixMatch's weight was full after 19
+ORIGINAL_EPOCHS = script_flags.ORIGINAL_EPOCHS  # the original ran 300 epochs
 
 
 def paper_mse_weight(lambda_u):
@@ -155,15 +156,17 @@ class UsageError(Exception):
 
 
 def schedule(preset):
+    """The schedule flags of a preset: the scripts' own --preset values at a faithful one."""
     p = PRESETS[preset]
     every = p['steps'] // p['evals']
+    values = {'eval_every': every, 'acc_window': every, 'rampup_steps': p['steps'] // 4}  # v1: from 0, a quarter
+    rampup = ['--rampup-steps', str(values['rampup_steps'])]
     if p['setup'] == 'faithful':  # lambda_u * min(1, (1 + s/E) / 20), E = steps / 300: from 1/20, full at 19 E
-        rampup = ['--rampup-steps', str(round(RAMPUP_EPOCHS * p['steps'] / ORIGINAL_EPOCHS)), '--rampup-start', '0.05']
-    else:
-        rampup = ['--rampup-steps', str(p['steps'] // 4)]
-    return {'steps': p['steps'], 'eval_every': every, 'acc_window': every, 'rampup': rampup,
-            'n_val': p['n_val'], 'evals': p['evals'], 'setup': p['setup'],
-            'test_when': ['--test-when', 'every-eval'] if p.get('median') else []}
+        values = script_flags.preset_flags(preset, ramp='original')
+        rampup = ['--rampup-steps', str(values['rampup_steps']), '--rampup-start', f'{values["rampup_start"]:g}']
+    return {'steps': p['steps'], 'eval_every': values['eval_every'], 'acc_window': values['acc_window'],
+            'rampup': rampup, 'n_val': p['n_val'], 'evals': p['evals'], 'setup': p['setup'],
+            'test_when': ['--test-when', values['test_when']] if 'test_when' in values else []}
 
 
 def in_setup(entry, preset):

@@ -148,17 +148,21 @@ def test_flexmatch_an_image_drawn_twice_keeps_its_copy_above_tau_whatever_the_or
 
 
 def test_flexmatch_and_freematch_thresholds_are_usbs_float_expressions_bit_for_bit():
+    """Values chosen where the other order of the same arithmetic rounds differently, so the test tells them apart."""
     flex = policy_of('adaptive', ['--policy', 'flexmatch'])
     flex.record.copy_(torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, -1]))
-    flex.beta.copy_(torch.tensor([0.3, 0.7, 0.9]))
+    beta = torch.tensor([0.05, 0.1, 0.15])
+    flex.beta.copy_(beta)
     _, threshold = flex.mask(make_guess(probs([0.5], [0])), context(RT))
-    beta = torch.tensor([0.3, 0.7, 0.9])
     assert torch.equal(threshold, (0.95 * (beta / (2.0 - beta))).mean())     # USB: p_cutoff * (acc / (2. - acc))
-    free = policy_of('adaptive', ['--policy', 'freematch'])
-    assert torch.equal(free.tau, torch.ones(3).div(3).mean())                 # USB: time_p = p_model.mean()
-    free.p.copy_(torch.tensor([0.3, 0.5, 0.2]))
-    _, threshold = free.mask(make_guess(probs([0.9, 0.4, 0.5], [0, 1, 2])), context(RT))
+    assert not torch.equal(threshold, (0.95 * beta / (2 - beta)).mean())
+    free = policy_of('adaptive', ['--policy', 'freematch'], num_classes=10)
+    assert torch.equal(free.tau, torch.full((10,), 0.1).mean())              # USB: time_p = p_model.mean()
+    assert not torch.equal(free.tau, torch.tensor(1 / 10))
+    free = policy_of('adaptive', ['--policy', 'freematch', '--free-momentum', '0'])
+    _, threshold = free.mask(make_guess(probs([0.4, 0.95, 0.7], [0, 1, 2])), context(RT))
     assert torch.equal(threshold, (free.tau * (free.p / torch.max(free.p, dim=-1)[0])).mean())  # time_p * mod
+    assert not torch.equal(threshold, (free.tau * free.p / free.p.max()).mean())
 
 
 def test_flexmatch_keeps_every_image_before_any_count_as_the_paper():
