@@ -8,7 +8,7 @@ fetches the same file from GitHub):
     logits = model(images)   # images: N x 1 x 28 x 28 (or N x 28 x 28), uint8 or float pixels in [0, 255]
 
 `<entry>_<preset>` (dashes and dots as underscores) loads that release's file; `<entry>` loads the
-longest-trained release of the entry (the medium preset's where there is one). Each returns the WRN-28-2 of that
+longest-trained release of the entry (the medium-v2 preset's where there is one). Each returns the WRN-28-2 of that
 table entry (the EMA weights, as evaluated) in eval mode, its file checked against the manifest's sha256. The
 model takes Fashion-MNIST's pixels as they are: N x 1 x 28 x 28 (N x 28 x 28 is taken as N grey images), uint8 or
 float in [0, 255], and normalizes them itself; another shape is refused with the one it expects. `model.classes`

@@ -19,12 +19,19 @@ UNLABELED_FLAGS = {'K', 'T', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start',
 
 
 # The reproduction presets: a run's length and the schedule flags that scale with it, one rule for every method
-# (etc/reproduce.py runs each table entry with these). --eval-every = --acc-window = steps / evaluations, --n-val
-# 1000; MixMatch's weight ramps as the original's (from 1/20 of lambda_u, full after 19 of 300 epochs); the full
-# preset measures the test set at every evaluation, for the median of the last 20.
+# (etc/reproduce.py runs each table entry with these). --eval-every = steps / evaluations, --n-val 1000; the train
+# accuracy's window is the original's epoch, 1/300 of the run (as without a preset); MixMatch's weight ramps as the
+# original's (from 1/20 of lambda_u, full after 19 of 300 epochs); the full preset measures the test set at every
+# evaluation, for the median of the last 20.
 PRESETS = {'quick': {'steps': 1024, 'evals': 8}, 'medium': {'steps': 4096, 'evals': 16},
            'full': {'steps': 16384, 'evals': 64, 'median': True}}
 PRESET_N_VAL, ORIGINAL_EPOCHS, RAMPUP_EPOCHS = 1000, 300, 19
+
+
+def epoch_steps(steps):
+    """The original's epoch laid on a run of `steps`: it ran 300 (431 main.py:246), an epoch being one pass over the
+    labeled loader (main.py:493), and its train accuracy restarted each epoch (main.py:473). --acc-window's default."""
+    return max(1, round(steps / ORIGINAL_EPOCHS))
 
 
 def preset_flags(name, ramp=None):
@@ -32,7 +39,7 @@ def preset_flags(name, ramp=None):
     (the original's shape), 'length' where it has a ramp of its own shape (Mean Teacher's), None for no ramp."""
     p = PRESETS[name]
     every = p['steps'] // p['evals']
-    values = {'steps': p['steps'], 'eval_every': every, 'acc_window': every, 'n_val': PRESET_N_VAL}
+    values = {'steps': p['steps'], 'eval_every': every, 'acc_window': epoch_steps(p['steps']), 'n_val': PRESET_N_VAL}
     if ramp:
         values['rampup_steps'] = round(RAMPUP_EPOCHS * p['steps'] / ORIGINAL_EPOCHS)
     if ramp == 'original':
@@ -154,8 +161,8 @@ def common_parser():
                    help='decay per step of the evaluated EMA of the weights (MixMatch: 0.999; 0: none, the original)')
     g.add_argument('--steps', type=int, default=65536, help='optimizer steps in all (MixMatch: 2^20)')
     g.add_argument('--eval-every', type=int, default=1024, help='steps between evaluations and checkpoints')
-    g.add_argument('--acc-window', type=int, default=1024,
-                   help='steps over which the running train accuracy is counted, then restarts (original: one epoch)')
+    g.add_argument('--acc-window', type=int, default=None,
+                   help='steps of each train-accuracy window (default: the original\'s epoch, --steps / 300, rounded)')
     g.add_argument('--acc-seed', default='last-batch', choices=('last-batch', 'none', 'window'),
                    help='a window starts from the last batch as one image (431), empty (401), or the window mean (v1)')
     g.add_argument('--train-acc', default='clean', choices=('clean', 'mixed'),
@@ -291,6 +298,8 @@ def finish_args(args, method):
         args.wd = 0.02 if args.optimizer == 'adam' else 4e-4
     if args.unlabeled_batch_size is None:
         args.unlabeled_batch_size = args.batch_size
+    if args.acc_window is None:
+        args.acc_window = epoch_steps(args.steps)
     if args.n_labeled is None and args.dataset != 'folder':
         args.n_labeled = 250
     checks = [

@@ -47,7 +47,7 @@ def readme(rows):
              'numbers are what that prints on the CPU in fp32 for the fp16 file; "run" is the fp32 number the '
              'training run logged for the same checkpoint, on the machine it trained on. Through torch.hub '
              '(`hubconf.py`): `<entry>_<preset>` loads one file (dashes and dots as underscores, e.g. '
-             '`adaptive_ce_1_medium`), and `<entry>` the longest-trained release of that entry.']
+             '`adaptive_ce_1_medium_v2`), and `<entry>` the longest-trained release of that entry.']
     for preset, seed in dict.fromkeys((r['preset'], r['seed']) for r in release_order(rows)):
         group = [r for r in rows if (r['preset'], r['seed']) == (preset, seed)]
         lines += ['', f'## `{preset}` preset, seed {seed}: {group[0]["steps"]} steps', '',

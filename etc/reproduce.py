@@ -13,8 +13,8 @@ so the entries of one seed are paired. Runs go to runs/reproduce/<preset>/<entry
 continues where it stopped (finished runs are skipped, unfinished ones resume from their checkpoint).
 
 Presets set the length and scale the schedule flags with --steps by one rule for every method:
-    --eval-every = --acc-window = steps / evals,  MixMatch --rampup-steps = steps * 19 / 300 (the original's
-    19 of 300 epochs; steps / 4 in the v1 presets)
+    --eval-every = steps / evals,  --acc-window = steps / 300 (the original's epoch; steps / evals in the v1 and
+    v2 presets),  MixMatch --rampup-steps = steps * 19 / 300 (the original's 19 of 300 epochs; steps / 4 in v1)
 The test set is measured when val top-1 improves and at the end (the tables' test top-1 at best val); the full
 preset measures it at every evaluation for the median of the last 20 (--test-when every-eval). Before it
 starts, a call prints its plan: runs to do, runs reused, and hours estimated from earlier runs here. A table
@@ -37,16 +37,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'mixmatch'))
 import flags as script_flags  # noqa: E402  (the scripts' --preset: the one definition of the faithful schedules)
 
-# name: steps, evaluations, --n-val, and the setup its commands follow. The evaluations set --eval-every,
-# --acc-window and the "median of the last 20" window; --n-val 1000 (100 per class) keeps each evaluation
-# (val + 10k test, fp32) cheap on a CPU. Setup "faithful": the scripts' --preset (flags.PRESETS: the original's
-# MixMatch ramp, from 1/20 of lambda_u, full after 19 of 300 epochs) and the paper's MSE weight per class (below);
-# the train accuracy and its window seed follow the scripts' defaults (as session 431). Setup "v1": the first
+# name: steps, evaluations, --n-val, and the setup its commands follow. The evaluations set --eval-every and the
+# "median of the last 20" window; --n-val 1000 (100 per class) keeps each evaluation (val + 10k test, fp32) cheap
+# on a CPU. Setup "faithful": the scripts' --preset (flags.PRESETS: the train accuracy's window is the original's
+# epoch, 1/300 of the run; the original's MixMatch ramp, from 1/20 of lambda_u, full after 19 of 300 epochs) and
+# the paper's MSE weight per class (below); the train accuracy and its window seed follow the scripts' defaults
+# (as session 431). Setup "v2": the faithful one with the window the presets had before, steps / evaluations
+# (`--preset P --acc-window N`), kept so that its archived runs, tables and checkpoints stay reproducible and the
+# window's own effect can be measured on the same seeds; it changes only the policies that read the train
+# accuracy (the adaptive family's). Setup "v1": the first
 # release's defaults, kept so that its archived runs and released checkpoints can be reproduced exactly: MixMatch
 # ramped from 0 over a quarter of the run, MSE at lambda_u 75, the train accuracy read from the mixed rows with a
 # window-mean seed.
 PRESETS = {name: {**p, 'n_val': script_flags.PRESET_N_VAL, 'setup': 'faithful'}
            for name, p in script_flags.PRESETS.items()} | {
+    'quick-v2': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'v2', 'base': 'quick'},
+    'medium-v2': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'v2', 'base': 'medium'},
     'quick-v1': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'v1'},
     'medium-v1': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'v1'},
 }
@@ -161,22 +167,29 @@ def schedule(preset):
     every = p['steps'] // p['evals']
     values = {'eval_every': every, 'acc_window': every, 'rampup_steps': p['steps'] // 4}  # v1: from 0, a quarter
     rampup = ['--rampup-steps', str(values['rampup_steps'])]
-    if p['setup'] == 'faithful':  # lambda_u * min(1, (1 + s/E) / 20), E = steps / 300: from 1/20, full at 19 E
-        values = script_flags.preset_flags(preset, ramp='original')
+    if faithful(preset):  # lambda_u * min(1, (1 + s/E) / 20), E = steps / 300: from 1/20, full at 19 E
+        values = script_flags.preset_flags(p.get('base', preset), ramp='original')
+        if p['setup'] == 'v2':
+            values['acc_window'] = every
         rampup = ['--rampup-steps', str(values['rampup_steps']), '--rampup-start', f'{values["rampup_start"]:g}']
     return {'steps': p['steps'], 'eval_every': values['eval_every'], 'acc_window': values['acc_window'],
             'rampup': rampup, 'n_val': p['n_val'], 'evals': p['evals'], 'setup': p['setup'],
             'test_when': ['--test-when', values['test_when']] if 'test_when' in values else []}
 
 
+def faithful(preset):
+    """A preset whose commands are the scripts' --preset (v2: with the window it had before)."""
+    return PRESETS[preset]['setup'] in ('faithful', 'v2')
+
+
 def in_setup(entry, preset):
-    return PRESETS[preset]['setup'] == 'faithful' or entry in V1
+    return faithful(preset) or entry in V1
 
 
 def entry_flags(entry, preset):
     """The entry's method flags in the preset's setup (without schedule, seed and run flags)."""
     script, flags, _, _, _ = ENTRIES[entry]
-    if PRESETS[preset]['setup'] == 'faithful':
+    if faithful(preset):
         return list(flags)
     extra = ['--train-acc', 'mixed'] if script == 'adaptive' and '--labeled-only' not in flags else []
     return V1[entry] + extra + ['--acc-seed', 'window']
@@ -214,7 +227,7 @@ def method_command(entry, preset):
     scripts have no --preset for, with the schedule flags themselves."""
     script, flags, labels, _, _ = ENTRIES[entry]
     cmd = ['python', f'{script}/train.py', *entry_flags(entry, preset), '--n-labeled', str(labels)]
-    if PRESETS[preset]['setup'] != 'faithful':
+    if not faithful(preset):
         ran = command(entry, 0, preset, 'auto', 'runs')
         per_run = {i for i, a in enumerate(ran) if a in ('--seed', '--split-seed', '--device', '--out', '--resume')}
         return ' '.join(['python'] + [a for i, a in enumerate(ran) if i not in per_run and i - 1 not in per_run])
@@ -223,7 +236,9 @@ def method_command(entry, preset):
         cmd += ['--schedule-steps', str(round(SCHEDULE_EPOCHS[entry] * s['steps'] / ORIGINAL_EPOCHS))]
     if entry in RAMPED:  # a ramp the script's preset does not set (the adaptive family has none)
         cmd += s['rampup']
-    return ' '.join(cmd + ['--preset', preset])
+    p = PRESETS[preset]
+    window = ['--acc-window', str(s['acc_window'])] if p['setup'] == 'v2' else []
+    return ' '.join(cmd + ['--preset', p.get('base', preset)] + window)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -604,6 +619,10 @@ def preset_summary(args, seeds, results):
              + 'Every command below is seed 0\'s; seed i adds `--seed i --split-seed i`. '
              + (f'`--preset {args.preset}` sets `{flags.replace(" --seed i --split-seed i", "")}` (MixMatch rows: '
                 f'`{" ".join(s["rampup"])}`). ' if s['setup'] == 'faithful' else '')
+             + (f'`--preset {PRESETS[args.preset].get("base")} --acc-window {s["acc_window"]}` sets `'
+                f'{flags.replace(" --seed i --split-seed i", "")}` (MixMatch rows: `{" ".join(s["rampup"])}`): the '
+                f'`{PRESETS[args.preset].get("base")}` preset with the window it had before, steps / evaluations. '
+                if s['setup'] == 'v2' else '')
              + 'Top-1/top-5: test set, EMA weights '
              'at the best-val evaluation, mean ± sample std (n − 1) over seeds. Δ: paired per-seed difference in '
              'top-1 (row minus column): its mean, 95% intervals (Student\'s t, then a percentile bootstrap over seeds, '
@@ -691,7 +710,7 @@ def delta(results, entry, base, seeds, bootstrap=False):
 
 def readme_block(args, seeds):
     """The README's one results table: every entry of the paper's tables at every faithful preset that has
-    finished runs of it; an entry that none has is shown at the first preset that has (its row says which), or
+    finished runs of it (a length whose faithful preset has none: at its v2); an entry that none has is shown at the first preset that has (its row says which), or
     as not run, so that no entry of the paper's tables is missing. The policy table and the presets not shown
     are linked below it."""
     released = released_checkpoints()
@@ -708,8 +727,11 @@ def readme_block(args, seeds):
         a = argparse.Namespace(**{**vars(args), 'preset': preset})
         found[preset] = {(e, sd): summarize(out) for e in entries for sd in seeds
                          if in_setup(e, preset) and (out := finished_dir(a, e, sd))}
-    faithful = [p for p in PRESETS if PRESETS[p]['setup'] == 'faithful' and found[p]]
-    per_preset = {p: found[p] for p in (faithful or [p for p in PRESETS if found[p]])}
+    per_preset = {}  # each length once, at its faithful preset, else at that preset's v2 (the window before)
+    for p in sorted((p for p in PRESETS if faithful(p) and found[p]), key=lambda p: PRESETS[p]['setup'] != 'faithful'):
+        if all(PRESETS[q].get('base', q) != PRESETS[p].get('base', p) for q in per_preset):
+            per_preset[p] = found[p]
+    per_preset = per_preset or {p: found[p] for p in PRESETS if found[p]}
     hidden = [p for p in PRESETS if found[p] and p not in per_preset]
     for entry in entries:
         _, _, labels, session, _ = ENTRIES[entry]

@@ -30,12 +30,12 @@ def test_every_released_entry_is_a_documented_entry_point():
         assert f'test top-1 {row["test_top1"]:.2f}' in doc and row['command'] in doc and row['file'] in doc
         longest = max((r for r in MANIFEST if r['entry'] == row['entry']), key=lambda r: r['steps'])
         assert longest['file'] in torch.hub._load_entry_from_hubconf(hub, hub_name(row, False)).__doc__
-    assert 'adaptive-ce-1-medium-' in hub.adaptive_ce_1.__doc__ and 'quick-v1' in hub.adaptive_ce_1_quick_v1.__doc__
+    assert 'adaptive-ce-1-medium-v2-' in hub.adaptive_ce_1.__doc__ and 'quick-v1' in hub.adaptive_ce_1_quick_v1.__doc__
 
 
 def test_hub_model_predicts_the_manifest_top1_on_the_test_set():
     """The one-line form gives the released numbers: eval mode, class names, normalization inside."""
-    row = next(r for r in MANIFEST if r['entry'] == 'adaptive-ce-1' and r['preset'] == 'medium')
+    row = next(r for r in MANIFEST if r['entry'] == 'adaptive-ce-1' and r['preset'] == 'medium-v2')
     model = torch.hub.load(REPO, 'adaptive_ce_1', source='local')
     assert not model.training
     ds = data.load_dataset('fashion_mnist', None)

@@ -20,7 +20,11 @@ import reproduce  # noqa: E402
 @pytest.mark.parametrize('preset', sorted(reproduce.PRESETS))
 def test_every_entry_is_a_valid_command_with_the_preset_schedule(preset):
     s = reproduce.schedule(preset)
-    assert s['eval_every'] == s['acc_window'] == s['steps'] // s['evals']
+    assert s['eval_every'] == s['steps'] // s['evals']
+    if s['setup'] == 'faithful':  # the original's epoch: 1/300 of the run (quick 3, medium 14, full 55 steps)
+        assert s['acc_window'] == {1024: 3, 4096: 14, 16384: 55}[s['steps']]
+    else:                         # the window the presets had before (v2) and the first release's (v1)
+        assert s['acc_window'] == s['eval_every']
     entries = [e for e in reproduce.ENTRIES if reproduce.in_setup(e, preset)]
     assert len(entries) >= 10
     for entry in entries:
@@ -32,11 +36,11 @@ def test_every_entry_is_a_valid_command_with_the_preset_schedule(preset):
             assert (args.seed, args.split_seed, args.steps) == (seed, seed, s['steps'])
             assert (args.eval_every, args.acc_window, args.n_val) == (s['eval_every'], s['acc_window'], s['n_val'])
             assert args.out == os.path.join('runs/x', preset, entry, f's{seed}') and args.resume == 'auto'
-            if method == 'etc/meanteacher' and s['setup'] == 'faithful':  # the same ramp length, its own shape
+            if method == 'etc/meanteacher' and reproduce.faithful(preset):  # the same ramp length, its own shape
                 assert args.rampup_steps == round(19 * s['steps'] / 300)
             if args.labeled_only or method != 'mixmatch':
                 continue
-            if s['setup'] == 'faithful':  # the original's ramp: lambda_u * min(1, (1 + s/E) / 20), E = steps/300
+            if reproduce.faithful(preset):  # the original's ramp: lambda_u * min(1, (1 + s/E) / 20), E = steps/300
                 assert (args.rampup_steps, args.rampup_start) == (round(19 * s['steps'] / 300), 0.05)
                 assert args.lambda_u in (5.66, 75.0, 3.77)                  # the paper's weight per class (409: 100), or 75
                 E = s['steps'] / 300
@@ -45,6 +49,25 @@ def test_every_entry_is_a_valid_command_with_the_preset_schedule(preset):
                     assert policy.lambda_u(step) == pytest.approx(args.lambda_u * min(1, (1 + step / E) / 20), rel=3e-3)  # R rounded
             else:                                                           # the first release's ramp and weight
                 assert (args.rampup_steps, args.rampup_start, args.lambda_u) == (s['steps'] // 4, 0.0, 75.0)
+
+
+def test_the_train_accuracy_window_is_the_originals_epoch_and_the_previous_one_is_a_flag_away():
+    """The original's adaptive threshold reads the train accuracy of the current epoch, 1/300 of its run; with
+    or without a preset the window is --steps / 300, rounded; --acc-window given wins over the preset, and the
+    v2 presets' commands (the window before: steps / evaluations) parse to what their archived runs ran."""
+    train = load_train('adaptive')
+    base = ['--min-th', '0.5', '--lambda-u', '1', '--loss', 'ce']
+    assert train.get_args(base).acc_window == round(65536 / 300) == 218
+    assert train.get_args(base + ['--steps', '100']).acc_window == 1      # never 0
+    assert train.get_args(base + ['--preset', 'quick']).acc_window == 3
+    assert train.get_args(base + ['--preset', 'medium']).acc_window == 14
+    assert train.get_args(base + ['--preset', 'quick', '--acc-window', '128']).acc_window == 128
+    for preset, window in (('quick-v2', 128), ('medium-v2', 256)):
+        cmd = reproduce.method_command('adaptive-ce-1', preset).split()
+        assert cmd[-4:] == ['--preset', preset[:-3], '--acc-window', str(window)]
+        ran = reproduce.command('adaptive-ce-1', 0, preset, 'auto', 'runs/x')
+        per_run = {'out': None, 'resume': None, 'preset': None}
+        assert vars(train.get_args(cmd[2:])) | per_run == vars(train.get_args(ran[1:])) | per_run
 
 
 def test_v1_commands_are_the_first_releases_with_its_defaults_spelled_out():
@@ -356,13 +379,13 @@ def test_every_command_beside_a_readme_number_is_the_one_its_runs_ran():
 def test_the_readme_headline_command_runs_as_pasted(tmp_path):
     """The adaptive CE command of the README's table, pasted, for 2 steps (the preset's length given way to)."""
     import shlex
-    command = next(c for c, p, _ in readme_rows() if c.startswith('python adaptive/train.py --min-th 0.5 --lambda-u 1 '
-                                                                  '--loss ce --n-labeled 250') and p == 'quick')
+    command, preset = next((c, p) for c, p, _ in readme_rows() if c.startswith(
+        'python adaptive/train.py --min-th 0.5 --lambda-u 1 --loss ce --n-labeled 250') and p in ('quick', 'quick-v2'))
     r = subprocess.run([sys.executable, *shlex.split(command)[1:], '--steps', '2', '--device', 'cpu', '--out',
                         str(tmp_path / 'run')], cwd=REPO, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
     assert r.returncode == 0, r.stderr
-    assert 'acc_window=128' in r.stdout and 'n_val=1000' in r.stdout and 'steps=2 ' in r.stdout
+    assert f'acc_window={reproduce.schedule(preset)["acc_window"]} ' in r.stdout and 'n_val=1000' in r.stdout and 'steps=2 ' in r.stdout
     assert re.search(r'best val top-1 [\d.]+ at step 2: test top-1 [\d.]+', r.stdout)
 
 

@@ -205,7 +205,7 @@ def test_a_grey_folder_of_small_images_trains_at_their_size_from_a_fashion_mnist
         where = root / ('labeled/' + 'abc'[i % 3] if i < 30 else 'unlabeled')
         where.mkdir(parents=True, exist_ok=True)
         Image.fromarray(torch.randint(0, 256, (28, 28), dtype=torch.uint8).numpy(), 'L').save(where / f'{i}.png')
-    released = os.path.join(REPO, 'pretrained', 'adaptive-ce-1-medium-s0-b2c12b03.pt')
+    released = os.path.join(REPO, 'pretrained', 'adaptive-ce-1-medium-v2-s0-b2c12b03.pt')
     args = tiny_run_args(str(root), str(tmp_path / 'run'), tmp_path / 'cache', steps=2)
     del args[args.index('--image-size'):args.index('--image-size') + 2]
     r = run_script('adaptive', *args, '--init', released)
