@@ -656,7 +656,38 @@ def preset_summary(args, seeds, results):
             lines.append(f'| {what} | {session} | {paper or "—"} | `{method_command(entry, args.preset)}` | {score} | '
                          + ' | '.join(deltas) + f' | {checkpoint} |')
         lines += ['', f'Not run at this preset: {", ".join(missing)}.', ''] if missing else ['']
+    lines += window_effect(args, seeds, results)
     return '\n'.join(lines).rstrip() + '\n'
+
+
+def window_effect(args, seeds, results):
+    """Lines of the summary of a faithful preset with a v2 twin: each entry finished at both on the same seeds,
+    this preset (the original's train-accuracy window) against the twin (the window before), paired by seed:
+    the window's own effect. The entries whose policy does not read the train accuracy must give 0.00."""
+    twin = next((p for p, v in PRESETS.items() if v.get('base') == args.preset), None)
+    if PRESETS[args.preset]['setup'] != 'faithful' or not twin:
+        return []
+    a = argparse.Namespace(**{**vars(args), 'preset': twin})
+    old = {(e, sd): r for e in ENTRIES for sd in seeds if in_setup(e, twin) and results.get((e, sd))
+           and (out := finished_dir(a, e, sd)) and (r := summarize(out))}
+    entries = [e for e in ENTRIES if any(old.get((e, sd)) for sd in seeds)]
+    if not entries:
+        return []
+    new = {(e + ' ', sd): r for (e, sd), r in results.items()}  # the two presets' runs under distinct keys
+    both = {**old, **new}
+    lines = [f'**The train-accuracy window\'s own effect**: this preset (`--acc-window '
+             f'{schedule(args.preset)["acc_window"]}`, the original\'s epoch) against `{twin}` (`--acc-window '
+             f'{schedule(twin)["acc_window"]}`, the window before), the same seeds and otherwise the same flags. Δ '
+             'window: here minus there, per seed; it is 0.00 where the policy does not read the train accuracy.', '',
+             '| entry | top-1 here (n) | top-1 at ' + twin + ' | Δ window | Δ vs MixMatch here | Δ vs MixMatch at '
+             + twin + ' |', '|---|---|---|---|---|---|']
+    for e in entries:
+        pairs = [sd for sd in seeds if old.get((e, sd))]
+        base = 'mixmatch' if ENTRIES[e][2] == LABELS else 'mixmatch-few'
+        lines.append(f'| {e} | {mean_std([results[(e, sd)]["best_top1"] for sd in pairs])} ({len(pairs)}) | '
+                     f'{mean_std([old[(e, sd)]["best_top1"] for sd in pairs])} | {delta(both, e + " ", e, pairs)} | '
+                     f'{delta(results, e, base, pairs)} | {delta(old, e, base, pairs)} |')
+    return lines + ['']
 
 
 def released_checkpoints():

@@ -216,9 +216,24 @@ def override(parser, **defaults):
             parser.set_defaults(**{action.dest: action.default})
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help ends each flag's line with the value this script runs with when no flag is given ([default: 75]),
+    the one finish_args resolves from the others (the family's lambda_u, --steps / 300 for --acc-window), not None."""
+    defaults = {}
+
+    def _get_help_string(self, action):
+        value = self.defaults.get(action.dest)
+        if action.help == argparse.SUPPRESS or action.nargs == 0 or value is None:
+            return action.help
+        shown = ','.join(map(str, value)) if isinstance(value, (tuple, list)) else \
+            f'{value:g}' if isinstance(value, float) else str(value)
+        return f'{action.help} [default: {shown.replace("%", "%%")}]'
+
+
 def build_parser(description, add_method_flags, policies, not_read=frozenset()):
     """The shared flags, then the family's (add_method_flags returns its argument group) and --policy. The shared
-    flags in not_read (a script that does not use them) are left out of --help."""
+    flags in not_read (a script that does not use them) are left out of --help; --help shows every other flag's
+    default as this script resolves it."""
     parser = OneLineParser(description=description, parents=[common_parser()],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     group = add_method_flags(parser)
@@ -227,6 +242,8 @@ def build_parser(description, add_method_flags, policies, not_read=frozenset()):
     for action in parser._actions:
         if action.dest in not_read:
             action.help = argparse.SUPPRESS
+    resolved = vars(finish_args(parser.parse_args([]), None))
+    parser.formatter_class = type('ScriptDefaults', (DefaultsHelpFormatter,), {'defaults': resolved})
     return parser
 
 

@@ -39,6 +39,48 @@ def test_every_flag_has_a_short_help_without_measurements_that_go_stale(method):
         assert not re.search(r'\d\s*(h|min|ms|s)(/step)?\b', a.help), (a.option_strings, a.help)  # no timings
 
 
+def help_defaults(method):
+    """{flag: the default --help shows}, from the script's --help as a user runs it (one line per flag)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, os.path.join(method, 'train.py'), '--help'], cwd=REPO, capture_output=True,
+                         text=True, env=dict(os.environ, COLUMNS='1000'), timeout=120, check=True).stdout
+    entries = [e.split('\n\n')[0] for e in re.split(r'\n(?=  -)', out)]  # a flag's line and its help's lines
+    return {m[1]: m[2] for e in entries if (m := re.match(r'  (--[\w-]+)\b.*\[default: ([^\]]+)\]\s*$', e, re.S))}
+
+
+@pytest.mark.parametrize('method', SCRIPTS)
+def test_help_shows_the_default_each_flag_runs_with(method):
+    """--help gives every valued flag the value a run without it uses, the family's (not None), and it is the value
+    the script parses to."""
+    shown = help_defaults(method)
+    args = load_train(method).get_args([])
+    for a in parser_of(method)._actions:
+        flag = a.option_strings[-1]
+        if a.help == argparse.SUPPRESS or a.nargs == 0 or not flag.startswith('--'):
+            continue
+        value = getattr(args, a.dest)
+        if value is None:  # off, or decided from the data (--n-val, --out): the help says how
+            assert flag not in shown, flag
+        else:
+            assert shown[flag] == (f'{value:g}' if isinstance(value, float) else ','.join(map(str, value))
+                                   if isinstance(value, tuple) else str(value)), flag
+
+
+def test_help_gives_each_methods_defining_settings():
+    """The settings that make each method what it is, as --help states them."""
+    expected = {
+        'mixmatch': {'--loss': 'mse', '--lambda-u': '75', '--rampup-steps': '16000', '--acc-window': '218'},
+        'fixed': {'--loss': 'mse', '--lambda-u': '75', '--rampup-steps': '0', '--threshold': '0.8'},
+        'adaptive': {'--loss': 'ce', '--lambda-u': '1', '--rampup-steps': '0', '--min-th': '0.5',
+                     '--acc-window': '218'},
+    }
+    for method, values in expected.items():
+        shown = help_defaults(method)
+        assert {k: shown.get(k) for k in values} == values, method
+        assert ('--threshold' in shown) == (method == 'fixed') and ('--min-th' in shown) == (method == 'adaptive')
+
+
 def test_commands_in_docs_use_existing_flags():
     known = {m: script_flags(m) for m in SCRIPTS}
     for doc in DOCS:

@@ -170,6 +170,39 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
     assert '**77.00** (1, quick-v1; one seed: not evidence)' in row and '--steps 1024 --eval-every 128' in row
 
 
+def test_window_effect_pairs_the_preset_with_its_v2_twin_and_the_readme_prefers_the_faithful_one(tmp_path):
+    """The quick summary sets each entry run at both quick and quick-v2 side by side, paired by seed; a policy
+    that does not read the train accuracy gives the same numbers. The README shows a length at its faithful preset
+    where that has runs, an entry it lacks at the first preset that has it."""
+    runs = tmp_path / 'runs'
+    for preset in ('quick', 'quick-v2'):
+        fake_run(runs, 'mixmatch-few', 0, [70, 80], [71, 81], preset=preset)
+        fake_run(runs, 'mixmatch-few', 1, [70, 72], [71, 73], preset=preset)
+    fake_run(runs, 'adaptive-ce-1-few', 0, [70, 80], [71, 84], preset='quick')
+    fake_run(runs, 'adaptive-ce-1-few', 1, [70, 80], [71, 76], preset='quick')
+    fake_run(runs, 'adaptive-ce-1-few', 0, [70, 80], [71, 82], preset='quick-v2')
+    fake_run(runs, 'adaptive-ce-1-few', 1, [70, 80], [71, 75], preset='quick-v2')
+    fake_run(runs, 'labeled-only-few', 0, [50, 60], [51, 61], preset='quick-v2')
+    args = reproduce.get_args(['--table', '3', '--seeds', '2', '--runs-dir', str(runs), '--results-dir',
+                               str(tmp_path / 'results'), '--report'])
+    assert reproduce.main(args) == 0
+    summary = open(tmp_path / 'results' / 'quick' / 'README.md').read()
+    assert "**The train-accuracy window's own effect**" in summary and '`--acc-window 3`' in summary
+    assert '| mixmatch-few | 77.00 ± 5.66 (2) | 77.00 ± 5.66 | +0.00 [+0.00, +0.00] (0/2 ahead) |' in summary
+    assert ('| adaptive-ce-1-few | 80.00 ± 5.66 (2) | 78.50 ± 4.95 | +1.50 [−4.85, +7.85] (2/2 ahead) | '
+            '+3.00 [+3.00, +3.00] (2/2 ahead) | +1.50 [−4.85, +7.85] (2/2 ahead) |') in summary
+    v2 = reproduce.get_args(['--table', '3', '--seeds', '2', '--preset', 'quick-v2', '--runs-dir', str(runs),
+                             '--results-dir', str(tmp_path / 'results'), '--report'])
+    assert reproduce.main(v2) == 0  # the twin's own summary has no such section
+    assert "window's own effect" not in open(tmp_path / 'results' / 'quick-v2' / 'README.md').read()
+    readme = tmp_path / 'README.md'
+    readme.write_text('<!-- results: begin -->\n<!-- results: end -->\n')
+    reproduce.write_readme(args, [0, 1], str(readme))
+    rows = [line for line in readme.read_text().splitlines() if line.startswith('| T3')]
+    assert [re.search(r'\*\* \(\d, ([\w-]+)', r)[1] for r in rows] == ['quick-v2', 'quick', 'quick']
+    assert '--preset quick --acc-window 128`' in rows[0] and rows[1].split('`')[1].endswith('--preset quick')
+
+
 def test_cpu_threads_split_the_cores_and_the_last_lone_run_gets_them_all():
     # 2 cores, --jobs 2, three runs: the first two share the cores, the last one (alone) gets both
     assert [reproduce.threads_for(2, 2, left) for left in (3, 2, 1)] == [1, 1, 2]
@@ -305,6 +338,9 @@ def test_runs_archived_from_another_machine_and_runs_dir_count_as_the_same_runs(
                                '--runs-dir', str(tmp_path / 'runs')])
     assert reproduce.finished_dir(args, 'mixmatch-few', 0) == reproduce.archive_dir(args, 'mixmatch-few', 0)
     monkeypatch.setattr(reproduce, 'run_all', lambda todo, args: todo and pytest.fail(f'started {todo}') or [])
+    # the archived runs trained in bf16, as this machine would (a CPU without bf16 kernels stops such a call:
+    # check_precision's own test), so that the test passes on every CPU
+    monkeypatch.setattr(reproduce, 'machine_precision', lambda device, amp: 'bf16' if amp == 'auto' else amp)
     assert reproduce.main(args) == 0
     assert '| 478 | 59.58 | 1 (one seed: not evidence) | 81.00 |' in (results / 'quick' / 'table3.md').read_text()  # the archived run's row
     # a run with other flags is another run, wherever it wrote
