@@ -740,8 +740,9 @@ def delta(results, entry, base, seeds, bootstrap=False):
 
 
 def readme_block(args, seeds):
-    """The README's one results table: every entry of the paper's tables at every faithful preset that has
-    finished runs of it (a length whose faithful preset has none: at its v2); an entry that none has is shown at the first preset that has (its row says which), or
+    """The README's one results table: every entry of the paper's tables at each length, at the faithful preset
+    with the most finished seeds of it (the length's own, or its v2 with the window before; a tie: its own); an
+    entry that none has is shown at the first preset that has (its row says which), or
     as not run, so that no entry of the paper's tables is missing. The policy table and the presets not shown
     are linked below it."""
     released = released_checkpoints()
@@ -758,16 +759,20 @@ def readme_block(args, seeds):
         a = argparse.Namespace(**{**vars(args), 'preset': preset})
         found[preset] = {(e, sd): summarize(out) for e in entries for sd in seeds
                          if in_setup(e, preset) and (out := finished_dir(a, e, sd))}
-    per_preset = {}  # each length once, at its faithful preset, else at that preset's v2 (the window before)
+    lengths = {}  # each length's faithful presets with runs: its own first, then its v2 (the window before)
     for p in sorted((p for p in PRESETS if faithful(p) and found[p]), key=lambda p: PRESETS[p]['setup'] != 'faithful'):
-        if all(PRESETS[q].get('base', q) != PRESETS[p].get('base', p) for q in per_preset):
-            per_preset[p] = found[p]
-    per_preset = per_preset or {p: found[p] for p in PRESETS if found[p]}
+        lengths.setdefault(PRESETS[p].get('base', p), []).append(p)
+    per_preset = {p: found[p] for ps in lengths.values() for p in ps} or {p: found[p] for p in PRESETS if found[p]}
     hidden = [p for p in PRESETS if found[p] and p not in per_preset]
     for entry in entries:
         _, _, labels, session, _ = ENTRIES[entry]
         base_lo, base_mm = ('labeled-only', 'mixmatch') if labels == LABELS else ('labeled-only-few', 'mixmatch-few')
-        shown = {p: r for p, r in per_preset.items() if any(r.get((entry, sd)) for sd in seeds)}
+        shown = {}
+        for ps in (lengths.values() if lengths else [[p] for p in per_preset]):
+            n = {p: sum(1 for sd in seeds if found[p].get((entry, sd))) for p in ps}
+            best = max(ps, key=n.get)  # the most seeds; on a tie the faithful preset
+            if n[best]:
+                shown[best] = found[best]
         if not shown:  # at the first preset that has it, else as not run
             shown = {p: found[p] for p in PRESETS if any(found[p].get((entry, sd)) for sd in seeds)}
             shown = dict(list(shown.items())[:1])

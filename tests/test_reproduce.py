@@ -172,8 +172,8 @@ def test_tables_use_first_best_val_median_and_paired_differences(tmp_path, monke
 
 def test_window_effect_pairs_the_preset_with_its_v2_twin_and_the_readme_prefers_the_faithful_one(tmp_path):
     """The quick summary sets each entry run at both quick and quick-v2 side by side, paired by seed; a policy
-    that does not read the train accuracy gives the same numbers. The README shows a length at its faithful preset
-    where that has runs, an entry it lacks at the first preset that has it."""
+    that does not read the train accuracy gives the same numbers. The README shows an entry at the preset of its
+    length with the most seeds of it, the faithful one on a tie."""
     runs = tmp_path / 'runs'
     for preset in ('quick', 'quick-v2'):
         fake_run(runs, 'mixmatch-few', 0, [70, 80], [71, 81], preset=preset)
@@ -183,6 +183,8 @@ def test_window_effect_pairs_the_preset_with_its_v2_twin_and_the_readme_prefers_
     fake_run(runs, 'adaptive-ce-1-few', 0, [70, 80], [71, 82], preset='quick-v2')
     fake_run(runs, 'adaptive-ce-1-few', 1, [70, 80], [71, 75], preset='quick-v2')
     fake_run(runs, 'labeled-only-few', 0, [50, 60], [51, 61], preset='quick-v2')
+    fake_run(runs, 'labeled-only-few', 1, [50, 60], [51, 63], preset='quick-v2')
+    fake_run(runs, 'labeled-only-few', 0, [50, 60], [51, 61], preset='quick')  # fewer seeds than at quick-v2
     args = reproduce.get_args(['--table', '3', '--seeds', '2', '--runs-dir', str(runs), '--results-dir',
                                str(tmp_path / 'results'), '--report'])
     assert reproduce.main(args) == 0
@@ -199,7 +201,8 @@ def test_window_effect_pairs_the_preset_with_its_v2_twin_and_the_readme_prefers_
     readme.write_text('<!-- results: begin -->\n<!-- results: end -->\n')
     reproduce.write_readme(args, [0, 1], str(readme))
     rows = [line for line in readme.read_text().splitlines() if line.startswith('| T3')]
-    assert [re.search(r'\*\* \(\d, ([\w-]+)', r)[1] for r in rows] == ['quick-v2', 'quick', 'quick']
+    assert [re.search(r'\*\* \((\d), ([\w-]+)', r).groups() for r in rows] == [('2', 'quick-v2'), ('2', 'quick'),
+                                                                               ('2', 'quick')]
     assert '--preset quick --acc-window 128`' in rows[0] and rows[1].split('`')[1].endswith('--preset quick')
 
 
