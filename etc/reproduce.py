@@ -45,14 +45,12 @@ import flags as script_flags  # noqa: E402  (the scripts' --preset: the one defi
 # (as session 431). Setup "v2": the faithful one with the window the presets had before, steps / evaluations
 # (`--preset P --acc-window N`), kept so that its archived runs, tables and checkpoints stay reproducible and the
 # window's own effect can be measured on the same seeds; it changes only the policies that read the train
-# accuracy (the adaptive family's). Setup "v1": the first
-# release's defaults, kept so that its archived runs and released checkpoints can be reproduced exactly: MixMatch
-# ramped from 0 over a quarter of the run, MSE at lambda_u 75, the train accuracy read from the mixed rows with a
-# window-mean seed.
+# accuracy (the adaptive threshold and warm start). Setup "v1": the first release's defaults, kept so that its
+# archived runs and released checkpoints can be reproduced exactly: MixMatch ramped from 0 over a quarter of the
+# run, MSE at lambda_u 75, the train accuracy read from the mixed rows with a window-mean seed.
 PRESETS = {name: {**p, 'n_val': script_flags.PRESET_N_VAL, 'setup': 'faithful'}
-           for name, p in script_flags.PRESETS.items()} | {
-    'quick-v2': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'v2', 'base': 'quick'},
-    'medium-v2': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'v2', 'base': 'medium'},
+           for name, p in script_flags.PRESETS.items()}
+PRESETS |= {f'{name}-v2': {**PRESETS[name], 'setup': 'v2', 'base': name} for name in ('quick', 'medium')} | {
     'quick-v1': {'steps': 1024, 'evals': 8, 'n_val': 1000, 'setup': 'v1'},
     'medium-v1': {'steps': 4096, 'evals': 16, 'n_val': 1000, 'setup': 'v1'},
 }
@@ -673,8 +671,6 @@ def window_effect(args, seeds, results):
     entries = [e for e in ENTRIES if any(old.get((e, sd)) for sd in seeds)]
     if not entries:
         return []
-    new = {(e + ' ', sd): r for (e, sd), r in results.items()}  # the two presets' runs under distinct keys
-    both = {**old, **new}
     lines = [f'**The train-accuracy window\'s own effect**: this preset (`--acc-window '
              f'{schedule(args.preset)["acc_window"]}`, the original\'s epoch) against `{twin}` (`--acc-window '
              f'{schedule(twin)["acc_window"]}`, the window before), the same seeds and otherwise the same flags. Δ '
@@ -685,7 +681,8 @@ def window_effect(args, seeds, results):
         pairs = [sd for sd in seeds if old.get((e, sd))]
         base = 'mixmatch' if ENTRIES[e][2] == LABELS else 'mixmatch-few'
         lines.append(f'| {e} | {mean_std([results[(e, sd)]["best_top1"] for sd in pairs])} ({len(pairs)}) | '
-                     f'{mean_std([old[(e, sd)]["best_top1"] for sd in pairs])} | {delta(both, e + " ", e, pairs)} | '
+                     f'{mean_std([old[(e, sd)]["best_top1"] for sd in pairs])} | '
+                     f'{paired_text([results[(e, sd)]["best_top1"] - old[(e, sd)]["best_top1"] for sd in pairs])} | '
                      f'{delta(results, e, base, pairs)} | {delta(old, e, base, pairs)} |')
     return lines + ['']
 
@@ -729,7 +726,11 @@ def interval(bounds):
 def delta(results, entry, base, seeds, bootstrap=False):
     """The paired differences: mean, 95% interval (t; and the bootstrap's), seeds ahead of n; empty for the base
     itself or without pairs."""
-    d = paired(results, entry, base, seeds) if entry != base else []
+    return paired_text(paired(results, entry, base, seeds) if entry != base else [], bootstrap)
+
+
+def paired_text(d, bootstrap=False):
+    """Per-seed differences as the tables write them: mean [t interval] (seeds ahead / n); empty without any."""
     if not d:
         return ''
     st = paired_stats(d)
@@ -742,9 +743,8 @@ def delta(results, entry, base, seeds, bootstrap=False):
 def readme_block(args, seeds):
     """The README's one results table: every entry of the paper's tables at each length, at the faithful preset
     with the most finished seeds of it (the length's own, or its v2 with the window before; a tie: its own); an
-    entry that none has is shown at the first preset that has (its row says which), or
-    as not run, so that no entry of the paper's tables is missing. The policy table and the presets not shown
-    are linked below it."""
+    entry that none has is shown at the first preset that has (its row says which), or as not run, so that no
+    entry of the paper's tables is missing. The policy table and the presets not shown are linked below it."""
     released = released_checkpoints()
     lines = ['<!-- results: begin (written by `python etc/reproduce.py --seeds 3 --report --readme`; edit the '
              'script, not this block) -->',
