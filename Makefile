@@ -3,6 +3,7 @@
 #                  best checkpoint (~6 min on a 2-core CPU with bf16, ~13 on one with AVX2 only)
 # make demo-baseline: the same length without the unlabeled images (labeled only), to compare with
 # make test:       set up, then run the test suite on the CPU and re-evaluate the released checkpoints
+# make test-fast:  while editing: the tests not marked slow (the step, every policy, the copies, the docs), < 90 s
 # make gpu-check:  on one NVIDIA GPU: benchmark, released checkpoints on CUDA, the headline at the medium preset
 # make copies:     after editing a shared module in mixmatch/, copy it to every other self-contained folder
 PYTHON ?= python3
@@ -11,8 +12,8 @@ PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data demo demo-baseline test gpu-check copies clean
-SHARED  := augment checkpoint data flags metrics models policy runtime semisup
+.PHONY: setup data demo demo-baseline test test-fast gpu-check copies clean
+SHARED  := augment checkpoint data errors flags loop metrics models policy runtime semisup
 FOLDERS := fixed adaptive etc/fixmatch etc/meanteacher etc/rotnet etc/simclr
 
 setup: $(VENV)/.installed
@@ -45,6 +46,9 @@ gpu-check: setup data
 test: setup data
 	$(PY) -m pytest -q tests
 	$(PY) etc/verify_pretrained.py
+
+test-fast: setup data
+	$(PY) -m pytest -q -m 'not slow' tests
 
 copies:
 	for d in $(FOLDERS); do for m in $(SHARED); do cp mixmatch/$$m.py $$d/$$m.py; done; done

@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 import warnings
 
 import torch
@@ -30,12 +31,26 @@ with open(os.path.join(_PRETRAINED, 'manifest.json')) as _f:
     _MANIFEST = json.load(_f)
 
 
-def _models():
-    """adaptive/models.py under a private name (no 'models' module enters sys.path)."""
-    spec = importlib.util.spec_from_file_location('_adthmix_models', os.path.join(_HERE, 'adaptive', 'models.py'))
+def _module(name):
+    """adaptive/<name>.py under a private name."""
+    spec = importlib.util.spec_from_file_location(f'_adthmix_{name}', os.path.join(_HERE, 'adaptive', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _models():
+    """adaptive/models.py under a private name, with the errors module it imports: nothing enters sys.path, and no
+    module stays in sys.modules under a common name."""
+    before = sys.modules.get('errors')
+    sys.modules['errors'] = _module('errors')
+    try:
+        return _module('models')
+    finally:
+        if before is None:
+            del sys.modules['errors']
+        else:
+            sys.modules['errors'] = before
 
 
 def _load(row, pretrained=True):

@@ -9,12 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from errors import UserError
+
 ARCHS = ('wrn28_2', 'wrn28_8', 'resnet18', 'resnet34', 'resnet50', 'efficientnet_b3', 'efficientnet_b4')
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class UserError(Exception):
-    """An error the user caused (bad flag, missing data, bad checkpoint): printed as one line, exit 2."""
 
 
 # ---------------------------------------------------------------------------------------------------------

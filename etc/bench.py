@@ -1,6 +1,6 @@
 """Time the real training step of each method, as the scripts run it, on synthetic uint8 data resident on
-the device: the same IndexStream sampling, gather, on-device augmentation and train_step() as
-<method>/train.py, after warm-up, with a device synchronization around every timed step.
+the device: the step <method>/train.py runs (loop.py: IndexStream sampling, gather, on-device augmentation,
+guess, update), after warm-up, with a device synchronization around every timed step.
 
     python etc/bench.py --device cpu                       # this CPU: plain fp32 vs channels_last (+ bf16 where usable)
     python etc/bench.py --device cpu --compile             # + torch.compile (inductor) rows, slow to compile
@@ -32,10 +32,8 @@ METHODS = ('mixmatch', 'fixed', 'adaptive')
 sys.path.insert(0, os.path.join(REPO, 'mixmatch'))  # the shared modules (identical in the three folders)
 
 import augment  # noqa: E402
-import data  # noqa: E402
-import semisup  # noqa: E402
+import loop  # noqa: E402
 from models import build_model  # noqa: E402
-from policy import Context  # noqa: E402
 from runtime import Runtime, bf16_unusable  # noqa: E402
 
 
@@ -94,40 +92,25 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a, variant=
     args.num_classes, args.augment_kind = 10, augment.choose('auto', h)
     rt = Runtime(args.device, args.amp, args.compile, channels_last=channels_last)
     dev = rt.device
+    step_class = loop.MixMatchStep.for_args(args)  # the step the script runs with these flags
     torch.manual_seed(0)
     model = rt.prepare(build_model(args.arch, 10, c, (0.5,) * c, (0.25,) * c, args.bn_momentum,
-                                   heads=train.pretext_heads(args)))
-    ema = semisup.make_ema(model, args.ema_decay)
-    net = rt.compile(model)
-    optimizer = train.make_optimizer(model, args, dev)
-    policy = train.POLICIES[args.policy](args, 10, a.batch * 16).to(dev)
+                                   heads=step_class.heads(args)))
     g = torch.Generator().manual_seed(0)
     x_lab = torch.randint(0, 256, (a.batch * 4, c, h, w), dtype=torch.uint8, generator=g).to(dev)
     y_lab = torch.randint(0, 10, (a.batch * 4,), generator=g).to(dev)
     x_unl = torch.randint(0, 256, (a.batch * 16, c, h, w), dtype=torch.uint8, generator=g).to(dev)
     y_unl = torch.randint(0, 10, (a.batch * 16,), generator=g).to(dev)
-    streams = (data.IndexStream(len(x_lab), args.batch_size, dev),
-               data.IndexStream(len(x_unl), args.unlabeled_batch_size, dev))
-    train_acc = semisup.TrainAccuracy(dev)
-    train_acc.add(torch.tensor(4, device=dev), 5)  # 80%: the adaptive policy keeps a realistic share
-    val_acc = (torch.tensor(4, device=dev), torch.tensor(5, device=dev))
+    s = loop.make_state(args, rt, model, {'labeled': (x_lab, y_lab), 'unlabeled': (x_unl, y_unl)}, train.POLICIES)
+    s.train_acc.add(torch.tensor(4, device=dev), 5)  # 80%: the adaptive policy keeps a realistic share
+    s.progress.val_acc = (4, 5)
+    s.refresh_val_acc()
     model.train()
+    step = step_class(s)  # step(i): the loop's call, sampling included
 
     def draw():
-        i_l, i_u = streams[0].next(), streams[1].next()
+        i_l, i_u = s.streams['labeled'].next(), s.streams['unlabeled'].next()
         return x_lab[i_l], y_lab[i_l], x_unl[i_u], y_unl[i_u]
-
-    def draw_unlabeled():
-        return train.draw_and_guess(net, rt, streams[1], x_unl, y_unl, args)
-
-    def step(i):  # as the training loop runs it
-        i_l = streams[0].next()
-        ctx = Context(i, args.steps, train_acc.fraction(), val_acc, rt, draw_unlabeled,
-                      lambda x: train.forward(net, rt, x), train_acc.completed())
-        u = None if args.labeled_only else draw_unlabeled()
-        if args.labeled_only:
-            streams[1].next()
-        train.train_step(net, ema, optimizer, rt, policy, train_acc, x_lab[i_l], y_lab[i_l], u, ctx, args)
 
     for i in range(a.warmup):
         step(i)
@@ -145,8 +128,8 @@ def bench_one(method, shape, precision, channels_last, compile_mode, a, variant=
         t0 = time.perf_counter()
         b = draw()
         for _ in range(args.K):
-            train.augment_views(b[2], args)
-        train.augment_views(b[0], args)
+            loop.augment_views(b[2], args)
+        loop.augment_views(b[0], args)
         sync(dev)
         data_times.append(time.perf_counter() - t0)
     if a.profile and precision == a.fast_precision and channels_last and compile_mode == 'off':

@@ -4,6 +4,7 @@ continue exactly (checkpoint.pt: everything, every process's RNG and sampler sta
 written atomically and loaded with weights_only (no code in a checkpoint runs). Shared module (identical
 copies in every method folder)."""
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 import models
-from models import UserError
+from errors import UserError
 from runtime import seed_everything
 
 FORMAT = 3  # checkpoint.pt layout: 1 had no policy state (it resumes where the policy keeps none); 1 and 2
@@ -111,6 +112,15 @@ def save_atomic(obj, path):
             os.remove(tmp)
 
 
+def write_args(out, args):
+    """args.json: the flags this run trains with, every default resolved (what etc/reproduce.py's tables read);
+    written at each start, atomically."""
+    path = os.path.join(out, 'args.json')
+    with open(f'{path}.tmp{os.getpid()}', 'w') as f:
+        json.dump({k: list(v) if isinstance(v, tuple) else v for k, v in sorted(vars(args).items())}, f, indent=1)
+    os.replace(f'{path}.tmp{os.getpid()}', path)
+
+
 def tensors_digest(state):
     """sha256 of a state_dict's tensors, in key order."""
     h = hashlib.sha256()
@@ -120,37 +130,37 @@ def tensors_digest(state):
     return h.hexdigest()
 
 
-def save_training(run, rt, progress, args, method, classes, meta, model, ema, optimizer, policy, train_acc,
-                  streams):
-    """checkpoint.pt: every process contributes its RNG and sampler state; the first one writes. The policy's
-    state (its buffers, whatever their names) must be the same on every process: a policy that updates it from
-    its own process's data alone is stopped here, with one line."""
-    policy_state = policy.state_dict()
+def save_training(s, path):
+    """checkpoint.pt: the training state s (loop.State); every process contributes its RNG and sampler state,
+    the first one writes. The policy's state (its buffers, whatever their names) must be the same on every
+    process: a policy that updates it from its own process's data alone is stopped here, with one line."""
+    rt, args, progress = s.rt, s.args, s.progress
+    policy_state = s.policy.state_dict()
     digests = rt.gather_objects(tensors_digest(policy_state))
     if len(set(digests)) > 1:
         raise UserError(f'after step {progress.step} the state of policy {args.policy!r} differs between processes: '
                         'update it from every process\'s data (ctx.rt.all_gather), as the policies in train.py do')
-    states = rt.gather_objects({'rng': rng_state(), 'streams': {k: s.state_dict() for k, s in streams.items()}})
+    states = rt.gather_objects({'rng': rng_state(), 'streams': {k: v.state_dict() for k, v in s.streams.items()}})
     if not rt.is_main:
         return
-    eval_model = model if ema is None else ema.module
     save_atomic({
-        'format': FORMAT, 'model': model.state_dict(), 'ema': eval_model.state_dict(),
-        'ema_n_averaged': 0 if ema is None else int(ema.n_averaged), 'optimizer': optimizer.state_dict(),
+        'format': FORMAT, 'model': s.model.state_dict(), 'ema': s.eval_model.state_dict(),
+        'ema_n_averaged': 0 if s.ema is None else int(s.ema.n_averaged), 'optimizer': s.optimizer.state_dict(),
         'scaler': None if rt.scaler is None else rt.scaler.state_dict(),
         'policy_name': args.policy, 'policy': {k: v.cpu() for k, v in policy_state.items()},
-        'step': progress.step, 'args': dict(vars(args)), 'method': method, 'arch': args.arch,
-        'num_classes': args.num_classes, 'classes': list(classes),
-        'rng': [s['rng'] for s in states], 'streams': [s['streams'] for s in states],
-        'train_acc': train_acc.state.cpu(), 'val_acc': [int(v) for v in progress.val_acc], 'best': progress.best,
-        'history': progress.history, 'meta': meta}, run.checkpoint_path)
+        'step': progress.step, 'args': dict(vars(args)), 'method': s.method, 'arch': args.arch,
+        'num_classes': args.num_classes, 'classes': list(s.classes),
+        'rng': [r['rng'] for r in states], 'streams': [r['streams'] for r in states],
+        'train_acc': s.train_acc.state.cpu(), 'val_acc': [int(v) for v in progress.val_acc], 'best': progress.best,
+        'history': progress.history, 'meta': s.meta}, path)
 
 
-def save_best(run, eval_model, progress, args, method, classes, meta):
+def save_best(s, path):
     """best.pt: the EMA weights of the best evaluation and what --evaluate needs to rebuild the model."""
-    save_atomic({'ema': eval_model.state_dict(), 'args': dict(vars(args)), 'metrics': progress.best,
-                 'method': method, 'arch': args.arch, 'num_classes': args.num_classes, 'classes': list(classes),
-                 'meta': meta}, os.path.join(run.out, 'best.pt'))
+    args = s.args
+    save_atomic({'ema': s.eval_model.state_dict(), 'args': dict(vars(args)), 'metrics': s.progress.best,
+                 'method': s.method, 'arch': args.arch, 'num_classes': args.num_classes, 'classes': list(s.classes),
+                 'meta': s.meta}, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -230,38 +240,40 @@ def init_weights(model, ckpt, path):
             f'(this run has {mine[head + "weight"].shape[0]} classes)')
 
 
-def restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams):
-    """Continue from run.ckpt: weights, optimizer (with the flags given now), policy state, train accuracy,
-    RNG and samplers. Returns (Progress, a note for the log or None)."""
-    ckpt, path = run.ckpt, run.resume
+def restore_training(s, ckpt, path):
+    """Continue the training state s (loop.State) from the checkpoint ckpt read from path: weights, optimizer
+    (with the flags given now), policy state, train accuracy, RNG, samplers and progress. Returns a note for the
+    log, or None."""
+    rt, args = s.rt, s.args
     if 'policy' in ckpt:
-        load_weights(policy, {k: v.to(rt.device) for k, v in ckpt['policy'].items()}, path)
-    elif policy.state_dict():
+        load_weights(s.policy, {k: v.to(rt.device) for k, v in ckpt['policy'].items()}, path)
+    elif s.policy.state_dict():
         raise UserError(f'--resume {path}: the checkpoint predates policy state, and policy {args.policy!r} keeps '
                         'some; start a new run')
-    load_weights(model, ckpt['model'], path)
-    if ema is not None:
-        load_weights(ema.module, ckpt['ema'], path)
-        ema.n_averaged.fill_(ckpt['ema_n_averaged'])
-    optimizer.load_state_dict(ckpt['optimizer'])
+    load_weights(s.model, ckpt['model'], path)
+    if s.ema is not None:
+        load_weights(s.ema.module, ckpt['ema'], path)
+        s.ema.n_averaged.fill_(ckpt['ema_n_averaged'])
+    s.optimizer.load_state_dict(ckpt['optimizer'])
     if rt.scaler is not None and ckpt.get('scaler'):  # --amp fp16: the loss scale continues
         rt.scaler.load_state_dict(ckpt['scaler'])
-    for group in optimizer.param_groups:  # flags given now win over the saved ones
+    for group in s.optimizer.param_groups:  # flags given now win over the saved ones
         group['lr'], group['weight_decay'] = args.lr, args.wd
-    if not train_acc.load(ckpt['train_acc']):
+    if not s.train_acc.load(ckpt['train_acc']):
         raise UserError(f'--resume {path}: the checkpoint counted the train accuracy as the first release did; '
                         'resume it with --acc-seed window (and --train-acc mixed where the policy reads it)')
-    progress = Progress(ckpt['step'], ckpt['best'], ckpt['history'], tuple(ckpt['val_acc']))
+    s.progress = Progress(ckpt['step'], ckpt['best'], ckpt['history'], tuple(ckpt['val_acc']))
+    s.refresh_val_acc()
     note = None
     if len(ckpt['rng']) == rt.world:
         set_rng_state(ckpt['rng'][rt.rank])
-        for name, s in streams.items():
-            s.load_state_dict(ckpt['streams'][rt.rank][name])
+        for name, sampler in s.streams.items():
+            sampler.load_state_dict(ckpt['streams'][rt.rank][name])
     else:
         note = (f'note: {path} was written by {len(ckpt["rng"])} processes, this run has {rt.world}: sampling '
                 f'continues from fresh seeds, so the result will not be bit-identical to an uninterrupted run')
-        seed_everything(args.seed * 1000 + rt.rank + progress.step)
-    return progress, note
+        seed_everything(args.seed * 1000 + rt.rank + s.progress.step)
+    return note
 
 
 # Flags that do not change what a run computes: a finished run asked again with other values of these is finished.

@@ -4,13 +4,12 @@ method folder)."""
 import contextlib
 import os
 import signal
-import sys
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from models import UserError
+from errors import UserError
 
 
 def bf16_unusable(device):
@@ -164,9 +163,3 @@ class StopRequest:
     def handle(self, signum, frame):
         self.requested = True
 
-
-def fail(message):
-    """One line on stderr (from the first process only under torchrun), exit code 2."""
-    if int(os.environ.get('RANK', 0)) == 0:
-        print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)

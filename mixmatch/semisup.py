@@ -114,19 +114,22 @@ class TrainAccuracy:
 
     def __init__(self, device, seed='last-batch'):
         self.seed = seed
-        # correct and seen: this window's, the last batch's, the seed's, the last completed window's
-        self.state = torch.tensor([0, 0, 0, 0, 0, 1, 0, 1], dtype=torch.long, device=device)
+        self.state = torch.tensor([0, 0, 0, 0, 0, 1, 0, 1], dtype=torch.long, device=device)  # what checkpoints save
+        # four (correct, seen) pairs, views into state: this window's counts, the last batch's, the seed the window
+        # starts from, and the last completed window's
+        self.window, self.last_batch, self.start, self.done = self.state.view(4, 2)
 
     def add(self, correct, seen):
         """correct, seen: counts of one step (tensors or ints), already summed over processes."""
-        self.state[0] += correct
-        self.state[1] += seen
-        self.state[2] = correct
-        self.state[3] = seen
+        (window_correct, window_seen), (batch_correct, batch_seen) = self.window, self.last_batch
+        window_correct += correct
+        window_seen += seen
+        batch_correct.fill_(correct)
+        batch_seen.fill_(seen)
 
     def fraction(self):
         """(numerator, denominator) of the accuracy in force, as device tensors; denominator >= 1."""
-        correct, seen, _, _, seed_correct, seed_seen, _, _ = self.state
+        (correct, seen), (seed_correct, seed_seen) = self.window, self.start
         if self.seed == 'last-batch':  # (seed_correct / seed_seen * 1 + correct) / (1 + seen), in integers
             return seed_correct + seed_seen * correct, seed_seen * (1 + seen)
         if self.seed == 'window':
@@ -136,16 +139,16 @@ class TrainAccuracy:
 
     def completed(self):
         """(correct, seen) of the last completed window, (0, 1) before one completes."""
-        return self.state[6], self.state[7]
+        return tuple(self.done)
 
     def new_window(self):
         """An empty window keeps the seed it had."""
-        fresh = self.state[1] > 0
+        fresh = self.window[1:] > 0
         if self.seed != 'none':
-            source = self.state[2:4] if self.seed == 'last-batch' else self.state[0:2]
-            self.state[4:6] = torch.where(fresh, source, self.state[4:6])
-        self.state[6:] = torch.where(fresh, self.state[0:2], self.state[6:])
-        self.state[:2] = 0
+            source = self.last_batch if self.seed == 'last-batch' else self.window
+            self.start.copy_(torch.where(fresh, source, self.start))
+        self.done.copy_(torch.where(fresh, self.window, self.done))
+        self.window.zero_()
 
     def load(self, saved):
         """A saved state; the first release saved 4 counts (window-mean seed), which load under --acc-seed window."""

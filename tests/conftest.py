@@ -13,7 +13,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('mixmatch', 'fixed', 'adaptive')
 sys.path.insert(0, os.path.join(REPO, 'mixmatch'))
 
-import semisup  # noqa: E402  (the shared modules, from mixmatch/)
+import loop  # noqa: E402  (the shared modules, from mixmatch/)
+import semisup  # noqa: E402
 from policy import Context, Guess  # noqa: E402
 
 
@@ -96,12 +97,19 @@ def context(rt, train_acc=None, val_acc=None, step=0, steps=1024, draw=None, for
                    as_tensors(window_acc or (0, 1)))
 
 
-def step_once(train, net, ema, optimizer, rt, args, batch, train_acc, val_acc=(0, 1), step=0, policy=None):
-    """train_step as the training loop calls it, on a fixed batch (x_l, y_l, x_u, y_u): the policy of args,
+def step_once(train, model, rt, args, batch, train_acc=None, val_acc=(0, 1), step=0, policy=None, net=None):
+    """The script's step (loop.MixMatchStep.for_args) as the loop runs it, once, on a fixed batch (x_l, y_l, x_u,
+    y_u): a training state around `model` (loop.make_state: the policy of args unless given, an EMA, the optimizer),
     the guess of x_u, the context. Returns the step's metrics."""
     x_l, y_l, x_u, y_u = batch
-    policy = policy or train.POLICIES[args.policy](args, args.num_classes, len(x_u)).to(rt.device)
-    u = None if args.labeled_only else train.guess_labels(net, rt, x_u, torch.arange(len(x_u)), y_u, args)
-    ctx = Context(step, args.steps, train_acc.fraction(), tuple(torch.tensor(v) for v in val_acc), rt, draw=None,
-                  forward=lambda images: train.forward(net, rt, images), window_acc=train_acc.completed())
-    return train.train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, u, ctx, args)
+    s = loop.make_state(args, rt, model, {'labeled': (x_l, y_l), 'unlabeled': (x_u, y_u)}, train.POLICIES)
+    for name, value in (('net', net), ('policy', policy), ('train_acc', train_acc)):
+        if value is not None:
+            setattr(s, name, value)
+    s.progress.val_acc = val_acc
+    s.refresh_val_acc()
+    step_fn = loop.MixMatchStep.for_args(args)(s)
+    if args.labeled_only:
+        return step_fn.train(x_l, y_l)
+    u = loop.guess_labels(s.net, rt, x_u, torch.arange(len(x_u)), y_u, args)
+    return step_fn.train(x_l, y_l, u, step_fn.context(step))

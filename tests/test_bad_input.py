@@ -10,6 +10,9 @@ import torch
 from conftest import make_nsml_folder, make_plain_folder, run_script, tiny_run_args
 
 
+pytestmark = pytest.mark.slow  # every test here runs a script: `make test-fast` leaves them out
+
+
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
     """A finished tiny run (adaptive) plus data folders, good and bad."""

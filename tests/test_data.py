@@ -7,7 +7,7 @@ import torch
 
 import data
 from conftest import make_nsml_folder, make_plain_folder, write_png
-from models import UserError
+from errors import UserError
 
 
 def test_split_is_balanced_disjoint_and_reproducible():

@@ -10,6 +10,8 @@ import torch
 
 import augment
 import checkpoint
+import errors
+import loop
 import semisup
 from conftest import make_plain_folder, run_script, tiny_run_args
 from models import build_model
@@ -37,6 +39,7 @@ def test_learning_rate_at_given_steps_for_each_schedule():
     assert math.isclose(semisup.lr_at(1000, cosine), 0.1 * math.cos(7 * math.pi / 16))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_schedule_exactly(images, tmp_path):
     """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit; the log gives each evaluation's
     learning rate (the one the last step used)."""
@@ -56,6 +59,7 @@ def test_a_resumed_run_continues_the_schedule_exactly(images, tmp_path):
     assert lrs == pytest.approx([2e-4, 2e-5, 2e-5], rel=1e-9)  # steps 1, 3, 5 (the last before each evaluation)
 
 
+@pytest.mark.slow
 def test_flags_given_on_resume_win_over_the_schedule_saved(images, tmp_path):
     cache, out = tmp_path / 'cache', str(tmp_path / 'run')
     flags = ['--lr-schedule', 'exponential', '--lr-gamma']
@@ -118,10 +122,11 @@ def test_init_loads_the_backbone_and_a_head_of_another_class_count_starts_anew(t
     assert 'every weight' in checkpoint.init_weights(same, checkpoint.load_init(path, 'wrn28_2'), path)
     assert all(torch.equal(v, theirs[k]) for k, v in same.state_dict().items())
     three_channels = build_model('wrn28_2', 4, 3, (0.5,) * 3, (0.5,) * 3, 0.01)
-    with pytest.raises(checkpoint.UserError, match='the checkpoint takes 1-channel images, this data has 3'):
+    with pytest.raises(errors.UserError, match='the checkpoint takes 1-channel images, this data has 3'):
         checkpoint.init_weights(three_channels, checkpoint.load_init(path, 'wrn28_2'), path)
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_another_runs_checkpoint_with_init(images, tmp_path):
     cache = tmp_path / 'cache'
     first, second = str(tmp_path / 'first'), str(tmp_path / 'second')
@@ -131,6 +136,7 @@ def test_a_run_starts_from_another_runs_checkpoint_with_init(images, tmp_path):
     assert f'--init: every weight from {first}/best.pt, a mixmatch checkpoint (3 classes)' in r.stdout
 
 
+@pytest.mark.slow
 def test_augmentation_flags_train_end_to_end(images, tmp_path):
     out = str(tmp_path / 'run')
     r = run_script('mixmatch', *tiny_run_args(images, out, tmp_path / 'cache', steps=2), '--randaugment', '2,9',
@@ -141,6 +147,7 @@ def test_augmentation_flags_train_end_to_end(images, tmp_path):
     assert (ckpt['args']['randaugment'], ckpt['args']['mix']) == ((2, 9), 'cutmix')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('system', ['etc/fixmatch', 'etc/meanteacher'])
 def test_fixmatch_and_mean_teacher_train_20_steps_and_evaluate(system, images, tmp_path):
     out = str(tmp_path / 'run')
@@ -162,6 +169,7 @@ def test_fixmatch_and_mean_teacher_train_20_steps_and_evaluate(system, images, t
     assert r.returncode == 0 and 'test top-1' in r.stdout, r.stderr
 
 
+@pytest.mark.slow
 def test_fixmatch_refuses_the_flags_of_mixmatchs_step(images, tmp_path):
     r = run_script('etc/fixmatch', *tiny_run_args(images, str(tmp_path / 'run'), tmp_path / 'cache'), '--K', '3')
     assert r.returncode == 2 and r.stderr.strip() == 'error: --K: not read by fixmatch (see --help)'
@@ -178,6 +186,7 @@ def test_rotate90_turns_each_image_by_its_own_quarter_turns():
         assert torch.equal(out[i], torch.rot90(images[i], k, dims=(-2, -1)))
 
 
+@pytest.mark.slow
 def test_rotation_loss_trains_a_rotation_head_and_evaluation_ignores_it(images, tmp_path):
     out = str(tmp_path / 'run')
     r = run_script('adaptive', *tiny_run_args(images, out, tmp_path / 'cache'), '--rot-weight', '10')
@@ -190,6 +199,7 @@ def test_rotation_loss_trains_a_rotation_head_and_evaluation_ignores_it(images, 
     assert r.returncode == 0 and 'test top-1' in r.stdout, r.stderr
 
 
+@pytest.mark.slow
 def test_rotnet_pretraining_starts_a_method_with_init(images, tmp_path):
     cache, pre, out = tmp_path / 'cache', str(tmp_path / 'rotnet'), str(tmp_path / 'adaptive')
     r = run_script('etc/rotnet', *tiny_run_args(images, pre, cache, steps=4))
@@ -220,6 +230,6 @@ def test_guess_views_weak_guesses_from_crop_and_flip_and_trains_the_augmented_vi
         return torch.zeros(len(x), 10)
 
     images = torch.randint(1, 256, (4, 1, 28, 28), dtype=torch.uint8)
-    u = train.guess_labels(net, Runtime('cpu', 'off'), images, torch.arange(4), torch.full((4,), -1), args)
+    u = loop.guess_labels(net, Runtime('cpu', 'off'), images, torch.arange(4), torch.full((4,), -1), args)
     assert len(seen) == 1 and seen[0].shape == (8, 1, 28, 28) and (u.views == 0).all()   # K = 2 views train, blank
     assert (seen[0] == 0).all() == (guess_views == 'augmented')

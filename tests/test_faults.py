@@ -54,6 +54,7 @@ def resume(w, out):
     return r
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(world):
     out = str(world['top'] / 'killed')
     p = start(world, out)
@@ -69,6 +70,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(world):
     assert [json.loads(x)['step'] for x in open(os.path.join(out, 'log.jsonl'))] == [4, 8, 12]  # no duplicates
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_0_and_resumes_exactly(world):
     out = str(world['top'] / 'terminated')
     p = start(world, out)
@@ -83,6 +85,7 @@ def test_sigterm_saves_exits_0_and_resumes_exactly(world):
     assert_same_weights(world['reference'], out)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(world):
     out = str(world['top'] / 'diverged')
     args = tiny_run_args(world['images'], out, world['cache'], steps=4, eval_every=2) + ['--optimizer', 'sgd']
@@ -138,6 +141,7 @@ def test_adaptive_top_k_is_taken_over_all_processes():
     assert keeps == [[True, False, False, True], [True, False, True, False]]   # 0.99, 0.95, 0.9, 0.8
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_train_identical_weights_and_write_once(world, tmp_path):
     out = str(tmp_path / 'ddp')
     env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1')

@@ -33,6 +33,7 @@ def test_every_released_entry_is_a_documented_entry_point():
     assert 'adaptive-ce-1-medium-v2-' in hub.adaptive_ce_1.__doc__ and 'quick-v1' in hub.adaptive_ce_1_quick_v1.__doc__
 
 
+@pytest.mark.slow
 def test_hub_model_predicts_the_manifest_top1_on_the_test_set():
     """The one-line form gives the released numbers: eval mode, class names, normalization inside."""
     row = next(r for r in MANIFEST if r['entry'] == 'adaptive-ce-1' and r['preset'] == 'medium-v2')
@@ -66,6 +67,7 @@ def test_a_damaged_file_is_refused(tmp_path):
         torch.hub.load(str(repo), hub_name(row), source='local')
 
 
+@pytest.mark.slow
 def test_hub_model_takes_grey_batches_with_or_without_a_channel_axis_and_names_the_shape_it_expects():
     model = torch.hub.load(REPO, 'adaptive_ce_1', source='local')
     images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)

@@ -5,6 +5,7 @@ import torch
 import models
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', models.ARCHS)
 def test_every_arch_gives_logits_for_grey_and_colour_images(arch):
     torch.manual_seed(0)

@@ -14,12 +14,12 @@ import textwrap
 import pytest
 import torch
 
+import loop
 import metrics
 import semisup
 from conftest import REPO, load_train, make_plain_folder, tiny_run_args
-from data import IndexStream
 from models import build_model
-from policy import Context, Guess, Policy
+from policy import Guess, Policy
 from runtime import Runtime
 
 STEPS = 20
@@ -82,6 +82,7 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, **kw)
 
 
+@pytest.mark.slow
 def test_the_readme_example_trains_with_its_state_in_the_checkpoint(world):
     out = str(world['top'] / 'straight')
     r = run(command(world['good'], world, out))
@@ -94,6 +95,7 @@ def test_the_readme_example_trains_with_its_state_in_the_checkpoint(world):
     world['straight'] = out
 
 
+@pytest.mark.slow
 def test_the_readme_policy_with_its_own_flag_follows_its_schedule_over_the_run(world):
     """The second example as the README gives it: its flag is in --help and refused with another policy, and the
     threshold it logs is the schedule's, averaged over each evaluation window (ctx.progress = step / steps)."""
@@ -117,6 +119,7 @@ def test_the_readme_policy_with_its_own_flag_follows_its_schedule_over_the_run(w
     assert r.returncode == 2 and '--start-th has no effect with --policy accuracy' in r.stderr
 
 
+@pytest.mark.slow
 def test_the_readme_example_resumes_bit_exactly_after_sigkill(world):
     if 'straight' not in world:
         pytest.skip('needs the uninterrupted run')
@@ -139,6 +142,7 @@ def test_the_readme_example_resumes_bit_exactly_after_sigkill(world):
             assert torch.equal(a[key][name], b[key][name]), f'{key}.{name}'
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_the_policys_state_is_refused_with_one_line(world):
     """A checkpoint.pt of the first layout (before policies kept state) cannot resume a policy that keeps some."""
     if 'straight' not in world:
@@ -158,6 +162,7 @@ def torchrun(script, w, out):
                 *command(script, w, out, steps=4, eval_every=1)[1:]])
 
 
+@pytest.mark.slow
 def test_under_torchrun_the_state_is_the_same_on_every_process_after_every_step(world):
     """--eval-every 1: a checkpoint, and so a comparison of both processes' policy state, after every step."""
     r = torchrun(world['good'], world, str(world['top'] / 'ddp'))
@@ -173,7 +178,7 @@ def test_under_torchrun_the_state_is_the_same_on_every_process_after_every_step(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The study's other policies fit the interface: each is written here as a user would, and one train_step runs
+# The study's other policies fit the interface: each is written here as a user would, and one step runs
 # ---------------------------------------------------------------------------------------------------------
 class EnsureRatio(Policy):
     """Session 417's "ensure the ratio": draw and guess more unlabeled batches until B_u images pass a fixed
@@ -222,23 +227,20 @@ class EvenImages(Policy):
 
 
 def one_step(policy_class, step=0, drop_unkept=False):
-    """One train_step of the mixmatch script with the given policy, a batch of 8 + 8 images, K = 2."""
+    """One step of the mixmatch script with the given policy, a batch of 8 + 8 images, K = 2."""
     train = load_train('mixmatch')
     args = train.get_args(['--device', 'cpu', '--amp', 'off', '--batch-size', '8', '--lambda-u', '10'])
     args.num_classes, args.augment_kind, args.drop_unkept = 3, 'padcrop', drop_unkept
     torch.manual_seed(0)
     rt = Runtime('cpu', 'off')
     model = rt.prepare(build_model('wrn28_2', 3, 1, (0.5,), (0.25,), 0.01))
-    optimizer = train.make_optimizer(model, args, rt.device)
     x_unl = torch.randint(0, 256, (40, 1, 12, 12), dtype=torch.uint8)
-    sampler = IndexStream(len(x_unl), 8, rt.device)
-    draw = lambda: train.draw_and_guess(model, rt, sampler, x_unl, torch.full((40,), -1), args)  # noqa: E731
-    train_acc = semisup.TrainAccuracy(rt.device)
-    policy = policy_class(args, 3, len(x_unl))
-    ctx = Context(step, args.steps, train_acc.fraction(), (torch.tensor(0), torch.tensor(1)), rt, draw,
-                  lambda images: train.forward(model, rt, images), train_acc.completed())
     x_l, y_l = torch.randint(0, 256, (8, 1, 12, 12), dtype=torch.uint8), torch.arange(8) % 3
-    m = train.train_step(model, None, optimizer, rt, policy, train_acc, x_l, y_l, draw(), ctx, args)
+    s = loop.make_state(args, rt, model, {'labeled': (x_l, y_l), 'unlabeled': (x_unl, torch.full((40,), -1))},
+                        {args.policy: policy_class})
+    step_fn = loop.MixMatchStep.for_args(args)(s)
+    m = step_fn.train(x_l, y_l, step_fn.draw(), step_fn.context(step))
+    policy = s.policy
     return policy, m
 
 

@@ -20,6 +20,7 @@ def images(tmp_path_factory):
     return make_plain_folder(str(tmp_path_factory.mktemp('data') / 'images'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', METHODS)
 def test_script_trains_and_writes_its_run_directory(method, images, tmp_path):
     out = str(tmp_path / 'run')
@@ -27,7 +28,9 @@ def test_script_trains_and_writes_its_run_directory(method, images, tmp_path):
     assert r.returncode == 0, r.stderr
     assert re.search(r'^git \S+ +torch', r.stdout, re.M) and 'args K=2' in r.stdout
     files = set(os.listdir(out))
-    assert {'checkpoint.pt', 'best.pt', 'log.jsonl', 'split.json', 'tb'} <= files
+    assert {'checkpoint.pt', 'best.pt', 'log.jsonl', 'split.json', 'args.json', 'tb'} <= files
+    resolved = json.load(open(os.path.join(out, 'args.json')))  # every default resolved, as the tables read them
+    assert resolved['unlabeled_batch_size'] == 8 and resolved['steps'] == 4 and resolved['lambda_u'] is not None
     assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(out, 'tb')))
     records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
     assert [r['step'] for r in records] == [2, 4]
@@ -45,6 +48,7 @@ def test_script_trains_and_writes_its_run_directory(method, images, tmp_path):
         assert records[0]['mask_ratio'] == 1.0 and records[0]['threshold'] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('layout', ['current', 'format 1'])
 def test_resume_continues_from_the_saved_step_exactly(images, tmp_path, layout):
     """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit (CPU, default flags); also from
@@ -72,6 +76,7 @@ def test_resume_continues_from_the_saved_step_exactly(images, tmp_path, layout):
     assert [json.loads(x)['step'] for x in open(os.path.join(split, 'log.jsonl'))] == [2, 4, 6]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('when', ['val-improves', 'every-eval'])
 def test_test_set_is_measured_when_val_improves_and_at_the_end(images, tmp_path, when):
     """The default measures the test set only at a new best val top-1 and at the last step, so the test top-1 at
@@ -97,6 +102,7 @@ def test_test_set_is_measured_when_val_improves_and_at_the_end(images, tmp_path,
     assert (saved['step'], saved['test_top1']) == (first_best['step'], first_best['test_top1'])
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_best_checkpoint_metrics(images, tmp_path):
     out = str(tmp_path / 'run')
     assert run_script('fixed', *tiny_run_args(images, out, tmp_path / 'cache')).returncode == 0
@@ -108,6 +114,7 @@ def test_evaluate_reproduces_the_best_checkpoint_metrics(images, tmp_path):
         assert r.stdout.strip() == f'test top-1 {metrics["test_top1"]:.2f} top-5 {metrics["test_top5"]:.2f}'
 
 
+@pytest.mark.slow
 def test_canonical_call_runs_on_fashion_mnist_offline(tmp_path):
     """python adaptive/train.py --min-th 0.5 --lambda-u 1 --loss ce, shortened, from the Debian package."""
     r = run_script('adaptive', '--min-th', 0.5, '--lambda-u', 1, '--loss', 'ce', '--steps', 2, '--eval-every', 2,
@@ -126,22 +133,21 @@ def tiny_step_setup(method, flags):
     torch.manual_seed(0)
     rt = Runtime('cpu', 'off')
     model = rt.prepare(build_model('wrn28_2', 3, 3, (0.5,) * 3, (0.25,) * 3, 0.01))
-    optimizer = train.make_optimizer(model, args, rt.device)
     g = torch.Generator().manual_seed(1)
     batch = (torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g), torch.tensor([0, 1, 2] * 2 + [0, 1]),
              torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g), torch.full((8,), -1))
-    return train, args, rt, model, optimizer, batch
+    return train, args, rt, model, batch
 
 
 def test_a_step_with_no_kept_sample_trains_on_the_labeled_batch():
-    train, args, rt, model, optimizer, batch = tiny_step_setup('fixed', ['--threshold', '1.0'])
+    train, args, rt, model, batch = tiny_step_setup('fixed', ['--threshold', '1.0'])
     before = [p.detach().clone() for p in model.parameters()]
     acc = semisup.TrainAccuracy(rt.device)
-    m = step_once(train, model, None, optimizer, rt, args, batch, acc)
+    m = step_once(train, model, rt, args, batch, acc)
     assert m['mask_ratio'].item() == 0.0 and m['loss_u'].item() == 0.0
     assert torch.isfinite(m['loss']) and m['loss'].item() == pytest.approx(m['loss_x'].item())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert int(acc.state[1]) == 8                                      # the labeled rows were counted
+    assert int(acc.window[1]) == 8                                     # the labeled rows were counted
 
 
 def test_masking_equals_dropping_except_for_batchnorm_statistics(monkeypatch):
@@ -150,10 +156,10 @@ def test_masking_equals_dropping_except_for_batchnorm_statistics(monkeypatch):
     keep = torch.tensor([True, False, False, True, True, False, False, False])
     losses = []
     for flags in ([], ['--drop-unkept']):
-        train, args, rt, model, optimizer, batch = tiny_step_setup('fixed', ['--alpha', '0'] + flags)
+        train, args, rt, model, batch = tiny_step_setup('fixed', ['--alpha', '0'] + flags)
         monkeypatch.setattr(train.POLICIES[args.policy], 'mask', lambda self, u, ctx: (keep, torch.tensor(0.5)))
         model.eval()
-        m = step_once(train, model, None, optimizer, rt, args, batch, semisup.TrainAccuracy(rt.device))
+        m = step_once(train, model, rt, args, batch)
         losses.append((m['loss_x'].item(), m['loss_u'].item(), m['mask_ratio'].item()))
     assert losses[0][1] > 0 and losses[0][2] == 3 / 8
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
@@ -165,18 +171,19 @@ def test_labeled_only_never_looks_at_the_unlabeled_images(method):
     step, and what the unlabeled batch holds changes nothing."""
     results = []
     for fill in (0, 255):
-        train, args, rt, model, optimizer, batch = tiny_step_setup(method, ['--labeled-only'])
+        train, args, rt, model, batch = tiny_step_setup(method, ['--labeled-only'])
         batch = (batch[0], batch[1], torch.full_like(batch[2], fill), batch[3])
         shapes = []
         model.register_forward_hook(lambda mod, inp, out: shapes.append(inp[0].shape[0]))
         torch.manual_seed(2)
-        m = step_once(train, model, None, optimizer, rt, args, batch, semisup.TrainAccuracy(rt.device))
+        m = step_once(train, model, rt, args, batch)
         assert shapes == [8] and m['loss_u'].item() == 0.0 and 'mask_ratio' not in m
         assert m['loss'].item() == pytest.approx(m['loss_x'].item())
         results.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
+@pytest.mark.slow
 def test_a_finished_run_resumed_is_left_untouched(images, tmp_path):
     """--resume auto on a run that reached --steps: nothing is rewritten (log, TensorBoard, checkpoints), exit 0."""
     out, cache = str(tmp_path / 'run'), tmp_path / 'cache'
@@ -196,6 +203,7 @@ def test_a_finished_run_resumed_is_left_untouched(images, tmp_path):
     assert files() == before
 
 
+@pytest.mark.slow
 def test_a_grey_folder_of_small_images_trains_at_their_size_from_a_fashion_mnist_checkpoint(tmp_path):
     """Own images as a new user has them: 28-px grey PNGs, no --image-size. The run says the size, channels and
     augmentation it uses, warns that 6 validation images are too few, and starts from a released checkpoint."""

@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+import loop
 from conftest import load_train, make_plain_folder, run_script, tiny_run_args
 from runtime import Runtime
 
@@ -68,7 +69,7 @@ def test_a_few_steps_lower_the_contrastive_loss_on_a_fixed_batch(simclr):
         torch.manual_seed(0)
         rt = Runtime('cpu', 'off')
         model = rt.prepare(simclr.make_model(args, 1, (0.5,), (0.25,)))
-        optimizer = simclr.make_optimizer(model, args, rt.device)
+        optimizer = loop.make_optimizer(model, args, rt.device)
         images = torch.randint(0, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
         views = simclr.two_views(images, args)
         assert views.shape == (64, 1, 16, 16) and not torch.equal(views[:32], views[32:])
@@ -90,6 +91,7 @@ def test_a_few_steps_lower_the_contrastive_loss_on_a_fixed_batch(simclr):
     assert not torch.equal(model.heads['projection'][0].weight, projection)
 
 
+@pytest.mark.slow
 def test_simclr_pretrains_and_a_method_starts_from_it(images, tmp_path):
     cache, pre, out = tmp_path / 'cache', str(tmp_path / 'simclr'), str(tmp_path / 'adaptive')
     r = run_script('etc/simclr', *tiny_run_args(images, pre, cache, steps=4), env=ONE_THREAD)
@@ -106,6 +108,7 @@ def test_simclr_pretrains_and_a_method_starts_from_it(images, tmp_path):
     assert init == [f'--init: every weight from {pre}/best.pt, a simclr checkpoint (3 classes)'], r.stdout
 
 
+@pytest.mark.slow
 def test_simclr_resumes_exactly(images, tmp_path):
     """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit. A constant learning rate: the
     default cosine depends on --steps, so a 4-step run has another schedule than a 6-step one."""

@@ -15,7 +15,7 @@ from runtime import Runtime, bf16_unusable
 
 
 def one_step(method, flags, precision, channels_last, compile_backend=None, acc=(1, 2)):
-    """One train_step from a fixed model, batch and RNG state; returns its metrics as Python floats."""
+    """One step from a fixed model, batch and RNG state; returns its metrics as Python floats."""
     train = load_train(method)
     args = train.get_args(flags + ['--device', 'cpu'])
     args.num_classes, args.augment_kind = 10, 'padcrop'
@@ -23,17 +23,17 @@ def one_step(method, flags, precision, channels_last, compile_backend=None, acc=
     torch.manual_seed(0)
     model = rt.prepare(build_model('wrn28_2', 10, 1, (0.3,), (0.35,), 0.01))
     net = rt.compile(model, backend=compile_backend) if compile_backend else model
-    optimizer = train.make_optimizer(model, args, rt.device)
     g = torch.Generator().manual_seed(1)
     batch = (torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10,
              torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10)
     train_acc = semisup.TrainAccuracy(rt.device)
     train_acc.add(torch.tensor(acc[0]), acc[1])
     torch.manual_seed(2)  # the same augmentations, mixup lambda and partners in every variant
-    m = step_once(train, net, semisup.make_ema(model, 0.999), optimizer, rt, args, batch, train_acc)
+    m = step_once(train, model, rt, args, batch, train_acc, net=net)
     return {k: v.item() for k, v in m.items()}
 
 
+@pytest.mark.slow
 def test_bf16_channels_last_computes_the_fp32_losses():
     plain = one_step('mixmatch', ['--rampup-steps', '0'], 'off', channels_last=False)
     fast = one_step('mixmatch', ['--rampup-steps', '0'], 'bf16', channels_last=True)
@@ -44,6 +44,7 @@ def test_bf16_channels_last_computes_the_fp32_losses():
         assert same_layout[key] == pytest.approx(plain[key], rel=1e-4), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method,flags', [('fixed', ['--threshold']), ('adaptive', ['--min-th', '0.1'])])
 def test_compiled_and_eager_keep_the_same_pseudo_labels(method, flags):
     if flags == ['--threshold']:  # a threshold at the mean confidence of this model: some kept, some not
@@ -57,6 +58,7 @@ def test_compiled_and_eager_keep_the_same_pseudo_labels(method, flags):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-4), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('isa', [None, 'AVX2'])
 def test_bench_writes_the_documented_json(tmp_path, isa):
     """On every CPU: fp32 rows always, bf16 rows only where oneDNN has bf16 kernels (ONEDNN_MAX_CPU_ISA=AVX2
@@ -84,6 +86,7 @@ def test_bench_writes_the_documented_json(tmp_path, isa):
     assert 'aten::convolution_backward' in profile                        # oneDNN's kernels, not the slow reference
 
 
+@pytest.mark.slow
 def test_bench_variants_give_one_row_per_flag_set(tmp_path):
     """etc/bench.py --variants: what each augmentation costs against the defaults, one row each, same machine."""
     out = tmp_path / 'bench.json'

@@ -212,6 +212,7 @@ def images(tmp_path_factory):
     return make_plain_folder(str(tmp_path_factory.mktemp('data') / 'images'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method,flags', POLICIES, ids=[f'{m}-{f[1]}' for m, f in POLICIES])
 def test_each_policy_runs_20_steps(images, tmp_path, method, flags):
     out = str(tmp_path / 'run')
@@ -220,6 +221,7 @@ def test_each_policy_runs_20_steps(images, tmp_path, method, flags):
     assert f"policy={flags[1]}" in r.stdout and 'done: 20 steps' in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method,flags', [p for p in POLICIES if p[1][1] in ('warm-start', 'flexmatch', 'freematch')],
                          ids=['warm-start', 'flexmatch', 'freematch'])
 def test_stateful_policies_resume_bit_exactly(images, tmp_path, method, flags):
@@ -240,6 +242,7 @@ TORCHRUN = [('fixed', ['--policy', 'consistency', '--threshold', '0.55']),
             ('adaptive', ['--policy', 'flexmatch', '--flex-threshold', '0.5'])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method,flags', TORCHRUN, ids=[f[1] for _, f in TORCHRUN])
 def test_policies_that_run_more_passes_or_keep_state_work_under_torchrun(images, tmp_path, method, flags):
     """Two gloo processes: every process runs the same forward passes (no collective left waiting), and the

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models import UserError
+from errors import UserError
 
 DATASETS = ('fashion_mnist', 'cifar10', 'cifar100', 'svhn', 'stl10', 'folder')
 FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'  # Debian package dataset-fashion-mnist

@@ -9,7 +9,7 @@ import augment
 import data
 import models
 import semisup
-from models import UserError
+from errors import UserError
 
 # What --evaluate reads from the command line; everything else comes from the checkpoint.
 EVALUATE_FLAGS = {'evaluate', 'data_root', 'download', 'cache_dir', 'device', 'eval_batch_size'}

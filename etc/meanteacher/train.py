@@ -9,11 +9,9 @@ no mixup. The study tried it ("too slow"); here it runs on equal terms with MixM
     python etc/meanteacher/train.py --evaluate runs/<run>/best.pt    # test top-1/top-5 of a checkpoint
 
 The shared modules of this folder are the method folders' (identical copies); this file holds Mean Teacher's
-flags, its training step and the loop, which is the three scripts' loop with that step.
+flags and its training step, which the three scripts' loop (loop.py) runs.
 """
 import argparse
-import functools
-import json
 import math
 import os
 import sys
@@ -23,15 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywh
 import torch
 import torch.nn.functional as F
 
-import augment
-import checkpoint
-import data
 import flags
-import metrics
+import loop
 import semisup
-from models import UserError, build_model
+from errors import UserError
 from policy import Context, Guess, Policy
-from runtime import Runtime, StopRequest, fail, seed_everything
 
 METHOD = 'meanteacher'
 # Shared flags of MixMatch's step that Mean Teacher's does not have: refused, and left out of --help.
@@ -79,191 +73,42 @@ def get_args(argv=None):
 # =========================================================================================================
 # The training step
 # =========================================================================================================
-def augment_views(images, args):
-    """Crop and flip (--augment), then what --randaugment, --augmix and --cutout add; every image its own draw."""
-    return augment.augment(images, args.augment_kind, args.randaugment, args.augmix, args.cutout)
-
-
-def train_step(net, ema, optimizer, rt, policy, train_acc, x_l, y_l, x_u, i_u, hidden, ctx, args):
+class MeanTeacherStep(loop.Step):
     """One Mean Teacher step: the student's forward of [labeled, unlabeled] (one augmentation), the teacher's of
     another augmentation of the same images (batch statistics, as the reference's teacher in train mode; its
     running statistics are left alone), cross-entropy on the labeled rows plus the weighted consistency MSE."""
-    B, teacher = len(x_l), ema.module
-    images = torch.cat([x_l, x_u])
-    with rt.autocast():
-        logits = net(augment_views(images, args).contiguous(memory_format=rt.memory_format)).float()
-    was_training = teacher.training
-    teacher.train()
-    with torch.no_grad(), rt.autocast(), semisup.batch_statistics_only(teacher):
-        teacher_prob = torch.softmax(
-            teacher(augment_views(images, args).contiguous(memory_format=rt.memory_format)).float(), dim=1)
-    teacher.train(was_training)
-    loss_x = F.cross_entropy(logits[:B], y_l)
-    loss_u = (torch.softmax(logits, dim=1) - teacher_prob).pow(2).mean()  # over images and classes
-    loss = loss_x + policy.lambda_u(ctx.step) * loss_u
-    rt.backward_and_step(loss, optimizer)
-    ema.update_parameters(net)
 
-    correct = (logits[:B].argmax(dim=1) == y_l).sum()  # the labeled rows are unmixed: no extra forward needed
-    train_acc.add(*rt.all_reduce(torch.stack([correct, torch.full_like(correct, B)])))
-    num, den = train_acc.fraction()
-    u = Guess(x_u, i_u, hidden, x_u, teacher_prob[B:], teacher_prob[B:])
-    keep, threshold = policy.mask(u, ctx)
-    known = keep & (hidden >= 0)
-    return {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(),
-            'train_acc': 100.0 * num / den, 'pl_correct': ((teacher_prob[B:].argmax(dim=1) == hidden) & known).sum(),
-            'pl_count': known.sum(), 'mask_ratio': keep.float().mean(), 'threshold': threshold,
-            'confidence': policy.confidence(u).mean()}
+    def __call__(self, step):
+        s = self.s
+        (x_lab, y_lab), (x_unl, y_unl) = s.sets['labeled'], s.sets['unlabeled']
+        i_l, i_u = s.streams['labeled'].next(), s.streams['unlabeled'].next()
+        ctx = Context(step, s.args.steps, s.train_acc.fraction(), None, s.rt, None, None, s.train_acc.completed())
+        return self.train(x_lab[i_l], y_lab[i_l], x_unl[i_u], i_u, y_unl[i_u], ctx)
 
-
-def make_optimizer(model, args, device):
-    fused = {'fused': True} if device.type in ('cuda', 'cpu') else {}
-    if args.optimizer == 'adam':
-        return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, **fused)
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd,
-                           nesterov=args.nesterov, **fused)
-
-
-# =========================================================================================================
-# The loop: the three scripts' loop, with Mean Teacher's step
-# =========================================================================================================
-def train(args, rt):
-    say = print if rt.is_main else (lambda *a, **k: None)
-    run = checkpoint.open_run(args, METHOD, run_tag(args), rt)  # decided before anything is written
-    done = checkpoint.finished(run, args)
-    if done:
-        say(done)
-        return
-    init = checkpoint.load_init(args.init, args.arch) if args.init and run.ckpt is None else None  # before the data
-    say(f'git {metrics.git_sha()}  torch {torch.__version__}  device {rt.describe()}  amp {rt.precision}')
-    say('args ' + ' '.join(f'{k}={v}' for k, v in sorted(vars(args).items())), flush=True)
-
-    # ---- data: uint8 tensors on the training device
-    seed_everything(args.seed)
-    ds, split = data.load_data(args)
-    args.num_classes = len(ds.classes)
-    if run.ckpt is not None and run.ckpt['num_classes'] != args.num_classes:
-        raise UserError(f'--resume {run.resume}: checkpoint has {run.ckpt["num_classes"]} classes, the data '
-                        f'{args.num_classes}')
-    if len(split['unlabeled']) == 0:
-        raise UserError('no unlabeled images left: lower --n-labeled / --n-val or add unlabeled images')
-    dev = rt.device
-    sets = data.on_device(ds, split, dev)
-    (x_lab, y_lab), (x_unl, y_unl) = sets['labeled'], sets['unlabeled']
-    args.augment_kind = augment.choose(args.augment, ds.train_images.shape[-1])
-    say(f'data {args.dataset}: ' + ', '.join(f'{0 if x is None else len(x)} {k}' for k, (x, _) in sets.items())
-        + f', {args.num_classes} classes, {tuple(ds.train_images.shape[1:])} images, augment {args.augment_kind}'
-        + ''.join(f' + {name} {value}' for name, value in (('randaugment', args.randaugment),
-                  ('augmix', args.augmix), ('cutout', args.cutout)) if value), flush=True)
-    for line in data.notes(ds, split):
-        say(line, flush=True)
-
-    # ---- model, EMA, optimizer, samplers; or all of them as the checkpoint left them
-    mean, std = data.pixel_stats(ds.train_images)
-    model = rt.prepare(build_model(args.arch, args.num_classes, ds.train_images.shape[1], mean, std, args.bn_momentum,
-                                   args.pretrained, args.download))
-    if init is not None:  # a resumed run continues its own weights instead
-        say(checkpoint.init_weights(model, init, args.init))
-    ema = semisup.make_ema(model, args.ema_decay)
-    eval_model = model if ema is None else ema.module
-    net = rt.compile(rt.ddp(model))
-    optimizer = make_optimizer(model, args, dev)
-    policy = POLICIES[args.policy](args, args.num_classes, len(x_unl)).to(dev)
-    if rt.world > 1:
-        seed_everything(args.seed * 1000 + rt.rank)
-    streams = {'labeled': data.IndexStream(len(x_lab), args.batch_size, dev),
-               'unlabeled': data.IndexStream(len(x_unl), args.unlabeled_batch_size, dev)}
-    train_acc = semisup.TrainAccuracy(dev, args.acc_seed)
-    progress, flag_changes = checkpoint.Progress(), []
-    if run.ckpt is not None:
-        progress, note = checkpoint.restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams)
-        flag_changes = checkpoint.flag_changes(run.ckpt, args, progress.step)
-        say((note + '\n' if note else '') + f'resumed {run.resume} at step {progress.step}'
-            + checkpoint.describe_changes(flag_changes[-1:], progress.step))
-
-    # ---- the run directory is written from here on (by the first process only)
-    if rt.is_main:
-        os.makedirs(run.out, exist_ok=True)
-        if run.ckpt is None:
-            with open(os.path.join(run.out, 'split.json'), 'w') as f:
-                json.dump({k: v.tolist() for k, v in split.items()} | {'split_seed': args.split_seed}, f)
-    log = metrics.RunLog(run.out, progress.step, args.steps, enabled=rt.is_main)
-    meta = {'git_sha': metrics.git_sha(), 'torch': str(torch.__version__), 'device': rt.describe(), 'amp': rt.precision}
-    if flag_changes:  # every flag changed on a resume, from which step: in each later log record and checkpoint
-        meta['flag_changes'] = flag_changes
-
-    # ---- training loop: metrics stay on the device until a print or an evaluation
-    eval_sets = {k: sets[k] for k in ('val', 'test')}
-    meter = metrics.Meter(rt)
-    no_bad_step = args.steps + 1
-    first_nonfinite = torch.full((), no_bad_step, dtype=torch.long, device=dev)
-    stop = StopRequest()
-    step_fn = functools.partial(train_step, net, ema, optimizer, rt, policy, train_acc)
-    model.train()
-    while progress.step < args.steps:
-        step = progress.step
-        if step > 0 and step % args.acc_window == 0:
-            train_acc.new_window()
-        rt.step_begin()
-        for group in optimizer.param_groups:
-            group['lr'] = semisup.lr_at(step, args)
-        i_l, i_u = streams['labeled'].next(), streams['unlabeled'].next()
-        ctx = Context(step, args.steps, train_acc.fraction(), None, rt, None, None, train_acc.completed())
-        m = step_fn(x_lab[i_l], y_lab[i_l], x_unl[i_u], i_u, y_unl[i_u], ctx, args)
-        first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
-        meter.add(**m)
-        progress.step = step = step + 1
-        log.tick()
-        at_eval = step % args.eval_every == 0 or step == args.steps
-        stopping = stop.requested and rt.world == 1
-        if step % args.print_every == 0 or at_eval or stopping:
-            bad = int(rt.all_reduce(first_nonfinite.clone(), 'min'))
-            if bad != no_bad_step:
-                say(f'error: non-finite loss at step {bad}; stopping. The last checkpoint in {run.out} is from before '
-                    f'it (try a lower --lr or --lambda-u, or --amp off)', file=sys.stderr)
-                sys.exit(1)
-            if rt.world > 1:
-                stopping = bool(rt.all_reduce(torch.tensor(int(stop.requested), device=dev), 'max'))
-            w = meter.peek()
-            log.progress(step, f'loss_x {w["loss_x"]:.3f}  loss_u {w["loss_u"]:.4f}  mask {w["mask_ratio"]:.2f}  '
-                               f'train_acc {w["train_acc"]:.1f}  {w["ms_per_step"]:.0f} ms/step')
-        if at_eval:
-            w = meter.read() | {'lr': optimizer.param_groups[0]['lr']}
-            if rt.is_main:
-                wants_test = (lambda v: args.test_when == 'every-eval' or step == args.steps
-                              or progress.improves(v))
-                record, val = metrics.evaluate_and_log(eval_model, eval_sets, w, policy.lambda_u(step - 1), step, log,
-                                                       meta, args.eval_batch_size, wants_test)
-                if progress.add(record):
-                    checkpoint.save_best(run, eval_model, progress, args, METHOD, ds.classes, meta)
-                progress.val_acc = val or progress.val_acc
-            progress.val_acc = rt.broadcast_object(progress.val_acc)
-        if at_eval or stopping:
-            checkpoint.save_training(run, rt, progress, args, METHOD, ds.classes, meta, model, ema, optimizer, policy,
-                                     train_acc, streams)
-            meter.restart_clock()
-        if stopping and step < args.steps:
-            log.close()
-            say(f'stopped by SIGTERM after step {step}; checkpoint saved in {run.out}; continue with --resume auto')
-            return
-    log.close()
-
-    metrics.print_summary(rt, model, progress, run.out, args.test_when == 'every-eval')
-
-
-def main(args):
-    rt = Runtime(args.device, args.amp, args.compile)
-    try:
-        if args.evaluate:
-            metrics.evaluate_checkpoint(args, rt)
-        else:
-            train(args, rt)
-    finally:
-        rt.close()
+    def train(self, x_l, y_l, x_u, i_u, hidden, ctx):
+        rt, args, policy, net = self.s.rt, self.s.args, self.s.policy, self.s.net
+        B, teacher = len(x_l), self.s.ema.module
+        images = torch.cat([x_l, x_u])
+        with rt.autocast():
+            logits = net(loop.augment_views(images, args).contiguous(memory_format=rt.memory_format)).float()
+        was_training = teacher.training
+        teacher.train()
+        with torch.no_grad(), rt.autocast(), semisup.batch_statistics_only(teacher):
+            teacher_prob = torch.softmax(
+                teacher(loop.augment_views(images, args).contiguous(memory_format=rt.memory_format)).float(), dim=1)
+        teacher.train(was_training)
+        loss_x = F.cross_entropy(logits[:B], y_l)
+        loss_u = (torch.softmax(logits, dim=1) - teacher_prob).pow(2).mean()  # over images and classes
+        loss = loss_x + policy.lambda_u(ctx.step) * loss_u
+        self.update(loss)
+        train_acc = self.count(logits[:B], y_l)  # the labeled rows are unmixed: no extra forward needed
+        u = Guess(x_u, i_u, hidden, x_u, teacher_prob[B:], teacher_prob[B:])
+        keep, threshold = policy.mask(u, ctx)
+        known = keep & (hidden >= 0)
+        return {'loss': loss.detach(), 'loss_x': loss_x.detach(), 'loss_u': loss_u.detach(), 'train_acc': train_acc,
+                'pl_correct': ((teacher_prob[B:].argmax(dim=1) == hidden) & known).sum(), 'pl_count': known.sum(),
+                'mask_ratio': keep.float().mean(), 'threshold': threshold, 'confidence': policy.confidence(u).mean()}
 
 
 if __name__ == '__main__':
-    try:
-        main(get_args())
-    except UserError as e:
-        fail(str(e))
+    loop.main(get_args, METHOD, POLICIES, run_tag, MeanTeacherStep)

@@ -1,6 +1,5 @@
 """What a run measures and writes: evaluation (fp32 top-1/top-5 of the EMA weights), the step metrics, and the
 run's log (log.jsonl, TensorBoard, console). Shared module (identical copies in every method folder)."""
-import argparse
 import hashlib
 import json
 import math
@@ -12,10 +11,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-import checkpoint
-import data
-from models import UserError, build_model, without_heads
 
 
 @torch.no_grad()
@@ -184,26 +179,3 @@ def print_summary(rt, model, progress, out, median):
               + (f'median of last {len(progress.history)} evals: test top-1 {med[0]:.2f} top-5 {med[1]:.2f}'
                  if median else f'last step: test top-1 {last[0]:.2f} top-5 {last[1]:.2f}'))
 
-
-def evaluate_checkpoint(args, rt):
-    """--evaluate PATH: rebuild the data and the model from the checkpoint's args, print fp32 test top-1/top-5
-    (validation on the NSML layout, which has no labeled test set)."""
-    ckpt = checkpoint.load_checkpoint(args.evaluate)
-    a = argparse.Namespace(**ckpt['args'])
-    a.data_root = args.data_root or a.data_root
-    a.download, a.cache_dir, a.eval_batch_size = args.download, args.cache_dir, args.eval_batch_size
-    a.num_classes = None  # the data says how many classes it has; compared with the checkpoint's below
-    ds, split = data.load_data(a)
-    if len(ds.classes) != ckpt['num_classes']:
-        raise UserError(f'{args.evaluate}: trained on {ckpt["num_classes"]} classes, the data has {len(ds.classes)}')
-    channels = ds.train_images.shape[1]  # the normalization statistics come from the checkpoint
-    model = rt.prepare(build_model(a.arch, ckpt['num_classes'], channels, (0.5,) * channels, (0.5,) * channels,
-                                   a.bn_momentum))
-    checkpoint.load_weights(model, without_heads(ckpt['ema']), args.evaluate)  # pretext heads play no part
-    if ds.test_images is not None:
-        r, name = evaluate(model, ds.test_images, ds.test_labels, a.eval_batch_size), 'test'
-    else:
-        val = torch.from_numpy(split['val'])
-        r, name = evaluate(model, ds.train_images[val], ds.train_labels[val], a.eval_batch_size), 'val'
-    if rt.is_main:
-        print(f'{name} top-1 {r["top1"]:.2f} top-5 {r["top5"]:.2f}')

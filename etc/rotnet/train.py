@@ -11,7 +11,6 @@ cross-entropy. Its best.pt (best rotation accuracy on the validation images) sta
 log's loss_x is the rotation loss and its val/test top-1 the rotation accuracy on the validation/test images.
 The shared modules of this folder are the method folders' (identical copies).
 """
-import json
 import os
 import sys
 
@@ -21,14 +20,10 @@ import torch
 import torch.nn.functional as F
 
 import augment
-import checkpoint
-import data
 import flags
-import metrics
-import semisup
-from models import UserError, build_model
+import loop
+from errors import UserError
 from policy import Policy
-from runtime import Runtime, StopRequest, fail, seed_everything
 
 METHOD = 'rotnet'
 ROTATIONS = ('0', '90', '180', '270')  # the classes: counter-clockwise quarter turns
@@ -60,166 +55,53 @@ def all_rotations(images):
     return augment.rotate90(images.repeat(4, 1, 1, 1), turns), turns
 
 
-def train_step(net, ema, optimizer, rt, train_acc, images, args):
+class RotationStep(loop.Step):
     """One step: every image of the batch augmented (crop, flip and the augmentation flags), turned four ways,
     one forward, cross-entropy on the rotation."""
-    x, turns = all_rotations(augment.augment(images, args.augment_kind, args.randaugment, args.augmix, args.cutout))
-    with rt.autocast():
-        logits = net(x.contiguous(memory_format=rt.memory_format)).float()
-    loss = F.cross_entropy(logits, turns)
-    rt.backward_and_step(loss, optimizer)
-    if ema is not None:
-        ema.update_parameters(net)
-    correct = (logits.argmax(dim=1) == turns).sum()
-    train_acc.add(*rt.all_reduce(torch.stack([correct, torch.full_like(correct, len(turns))])))
-    num, den = train_acc.fraction()
-    zero = torch.zeros((), device=loss.device)
-    return {'loss': loss.detach(), 'loss_x': loss.detach(), 'loss_u': zero, 'train_acc': 100.0 * num / den}
+    STREAMS = {'train': 'batch_size'}
 
+    @staticmethod
+    def classes(ds):
+        return ROTATIONS
 
-def make_optimizer(model, args, device):
-    fused = {'fused': True} if device.type in ('cuda', 'cpu') else {}
-    if args.optimizer == 'adam':
-        return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, **fused)
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd,
-                           nesterov=args.nesterov, **fused)
+    @staticmethod
+    def check_data(ds, split):
+        if ds.train_images.shape[-1] != ds.train_images.shape[-2]:
+            raise UserError(f'RotNet turns images by quarter turns: they must be square, not '
+                            f'{tuple(ds.train_images.shape[-2:])}')
 
+    @staticmethod
+    def add_sets(sets):
+        sets['train'] = (torch.cat([sets['labeled'][0], sets['unlabeled'][0]]), None)  # every image, its label unused
 
-# =========================================================================================================
-# The loop: the three scripts' loop, with the rotation step
-# =========================================================================================================
-def train(args, rt):
-    say = print if rt.is_main else (lambda *a, **k: None)
-    run = checkpoint.open_run(args, METHOD, 'pretrain', rt)  # decided before anything is written
-    done = checkpoint.finished(run, args)
-    if done:
-        say(done)
-        return
-    init = checkpoint.load_init(args.init, args.arch) if args.init and run.ckpt is None else None  # before the data
-    say(f'git {metrics.git_sha()}  torch {torch.__version__}  device {rt.describe()}  amp {rt.precision}')
-    say('args ' + ' '.join(f'{k}={v}' for k, v in sorted(vars(args).items())), flush=True)
+    @staticmethod
+    def describe_data(args, ds, sets):
+        return (f'data {args.dataset}: {len(sets["train"][0])} training images (labels unused), '
+                + ', '.join(f'{0 if x is None else len(x)} {k}' for k, (x, _) in sets.items() if k in ('val', 'test'))
+                + f', {tuple(ds.train_images.shape[1:])} images, augment {args.augment_kind}, 4 rotations each')
 
-    # ---- data: uint8 tensors on the training device
-    seed_everything(args.seed)
-    ds, split = data.load_data(args)
-    args.num_classes = len(ROTATIONS)
-    dev = rt.device
-    sets = data.on_device(ds, split, dev)
-    (x_lab, y_lab), (x_unl, y_unl) = sets['labeled'], sets['unlabeled']
-    args.augment_kind = augment.choose(args.augment, ds.train_images.shape[-1])
-    x_train = torch.cat([x_lab, x_unl])  # every training image, its label unused
-    say(f'data {args.dataset}: {len(x_train)} training images (labels unused), '
-        + ', '.join(f'{0 if x is None else len(x)} {k}' for k, (x, _) in sets.items() if k in ('val', 'test'))
-        + f', {tuple(ds.train_images.shape[1:])} images, augment {args.augment_kind}, 4 rotations each', flush=True)
-    for line in data.notes(ds, split):
-        say(line, flush=True)
-    if ds.train_images.shape[-1] != ds.train_images.shape[-2]:
-        raise UserError(f'RotNet turns images by quarter turns: they must be square, not '
-                        f'{tuple(ds.train_images.shape[-2:])}')
+    @staticmethod
+    def eval_sets(sets):
+        return {k: all_rotations(sets[k][0]) if sets[k][0] is not None and len(sets[k][0]) else sets[k]
+                for k in ('val', 'test')}
 
-    # ---- model, EMA, optimizer, samplers; or all of them as the checkpoint left them
-    mean, std = data.pixel_stats(ds.train_images)
-    model = rt.prepare(build_model(args.arch, args.num_classes, ds.train_images.shape[1], mean, std, args.bn_momentum,
-                                   args.pretrained, args.download))
-    if init is not None:  # a resumed run continues its own weights instead
-        say(checkpoint.init_weights(model, init, args.init))
-    ema = semisup.make_ema(model, args.ema_decay)
-    eval_model = model if ema is None else ema.module
-    net = rt.compile(rt.ddp(model))
-    optimizer = make_optimizer(model, args, dev)
-    policy = POLICIES[args.policy](args, args.num_classes, len(x_unl)).to(dev)
-    if rt.world > 1:
-        seed_everything(args.seed * 1000 + rt.rank)
-    streams = {'train': data.IndexStream(len(x_train), args.batch_size, dev)}
-    train_acc = semisup.TrainAccuracy(dev, args.acc_seed)
-    progress, flag_changes = checkpoint.Progress(), []
-    if run.ckpt is not None:
-        progress, note = checkpoint.restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams)
-        flag_changes = checkpoint.flag_changes(run.ckpt, args, progress.step)
-        say((note + '\n' if note else '') + f'resumed {run.resume} at step {progress.step}'
-            + checkpoint.describe_changes(flag_changes[-1:], progress.step))
+    def lambda_u(self, step):
+        return 0.0
 
-    # ---- the run directory is written from here on (by the first process only)
-    if rt.is_main:
-        os.makedirs(run.out, exist_ok=True)
-        if run.ckpt is None:
-            with open(os.path.join(run.out, 'split.json'), 'w') as f:
-                json.dump({k: v.tolist() for k, v in split.items()} | {'split_seed': args.split_seed}, f)
-    log = metrics.RunLog(run.out, progress.step, args.steps, enabled=rt.is_main)
-    meta = {'git_sha': metrics.git_sha(), 'torch': str(torch.__version__), 'device': rt.describe(), 'amp': rt.precision}
-    if flag_changes:  # every flag changed on a resume, from which step: in each later log record and checkpoint
-        meta['flag_changes'] = flag_changes
+    def progress_line(self, w):
+        return f'rotation loss {w["loss_x"]:.3f}  rotation acc {w["train_acc"]:.1f}  {w["ms_per_step"]:.0f} ms/step'
 
-    # ---- training loop: metrics stay on the device until a print or an evaluation
-    eval_sets = {k: all_rotations(sets[k][0]) if sets[k][0] is not None and len(sets[k][0]) else sets[k]
-                 for k in ('val', 'test')}
-    meter = metrics.Meter(rt)
-    no_bad_step = args.steps + 1
-    first_nonfinite = torch.full((), no_bad_step, dtype=torch.long, device=dev)
-    stop = StopRequest()
-    model.train()
-    while progress.step < args.steps:
-        step = progress.step
-        if step > 0 and step % args.acc_window == 0:
-            train_acc.new_window()
-        rt.step_begin()
-        for group in optimizer.param_groups:
-            group['lr'] = semisup.lr_at(step, args)
-        m = train_step(net, ema, optimizer, rt, train_acc, x_train[streams['train'].next()], args)
-        first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
-        meter.add(**m)
-        progress.step = step = step + 1
-        log.tick()
-        at_eval = step % args.eval_every == 0 or step == args.steps
-        stopping = stop.requested and rt.world == 1
-        if step % args.print_every == 0 or at_eval or stopping:
-            bad = int(rt.all_reduce(first_nonfinite.clone(), 'min'))
-            if bad != no_bad_step:
-                say(f'error: non-finite loss at step {bad}; stopping. The last checkpoint in {run.out} is from before '
-                    f'it (try a lower --lr or --lambda-u, or --amp off)', file=sys.stderr)
-                sys.exit(1)
-            if rt.world > 1:
-                stopping = bool(rt.all_reduce(torch.tensor(int(stop.requested), device=dev), 'max'))
-            w = meter.peek()
-            log.progress(step, f'rotation loss {w["loss_x"]:.3f}  rotation acc {w["train_acc"]:.1f}  '
-                               f'{w["ms_per_step"]:.0f} ms/step')
-        if at_eval:
-            w = meter.read() | {'lr': optimizer.param_groups[0]['lr']}
-            if rt.is_main:
-                wants_test = (lambda v: args.test_when == 'every-eval' or step == args.steps
-                              or progress.improves(v))
-                record, val = metrics.evaluate_and_log(eval_model, eval_sets, w, 0.0, step, log, meta,
-                                                       args.eval_batch_size, wants_test)
-                if progress.add(record):
-                    checkpoint.save_best(run, eval_model, progress, args, METHOD, ROTATIONS, meta)
-                progress.val_acc = val or progress.val_acc
-            progress.val_acc = rt.broadcast_object(progress.val_acc)
-        if at_eval or stopping:
-            checkpoint.save_training(run, rt, progress, args, METHOD, ROTATIONS, meta, model, ema, optimizer, policy,
-                                     train_acc, streams)
-            meter.restart_clock()
-        if stopping and step < args.steps:
-            log.close()
-            say(f'stopped by SIGTERM after step {step}; checkpoint saved in {run.out}; continue with --resume auto')
-            return
-    log.close()
-
-    metrics.print_summary(rt, model, progress, run.out, args.test_when == 'every-eval')
-
-
-def main(args):
-    rt = Runtime(args.device, args.amp, args.compile)
-    try:
-        if args.evaluate:
-            metrics.evaluate_checkpoint(args, rt)
-        else:
-            train(args, rt)
-    finally:
-        rt.close()
+    def __call__(self, step):
+        s = self.s
+        images = s.sets['train'][0][s.streams['train'].next()]
+        x, turns = all_rotations(loop.augment_views(images, s.args))
+        with s.rt.autocast():
+            logits = s.net(x.contiguous(memory_format=s.rt.memory_format)).float()
+        loss = F.cross_entropy(logits, turns)
+        self.update(loss)
+        zero = torch.zeros((), device=loss.device)
+        return {'loss': loss.detach(), 'loss_x': loss.detach(), 'loss_u': zero, 'train_acc': self.count(logits, turns)}
 
 
 if __name__ == '__main__':
-    try:
-        main(get_args())
-    except UserError as e:
-        fail(str(e))
+    loop.main(get_args, METHOD, POLICIES, lambda args: 'pretrain', RotationStep)

@@ -33,7 +33,6 @@ accuracy on the training batches (projections, as the loss sees them). No label 
 The shared modules of this folder are the method folders' (identical copies).
 """
 import functools
-import json
 import os
 import sys
 
@@ -44,15 +43,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import augment
-import checkpoint
-import data
 import flags
-import metrics
+import loop
 import models
-import semisup
-from models import UserError, build_model
+from errors import UserError
+from models import build_model
 from policy import Policy
-from runtime import Runtime, StopRequest, fail, seed_everything
 
 METHOD = 'simclr'
 # Shared flags that pretraining does not read: the semi-supervised step's, the augmentation flags (the views have
@@ -175,21 +171,6 @@ def project(net, rt, views, heads=('projection',)):
     return [o.float() for o in outputs]
 
 
-def train_step(net, ema, optimizer, rt, train_acc, images, args):
-    """One step: two views of every image, one forward, the NT-Xent loss on the projections."""
-    z, = project(net, rt, two_views(images, args))
-    logits, positives = contrastive_logits(z, args.temperature)
-    loss = F.cross_entropy(logits, positives)
-    rt.backward_and_step(loss, optimizer)
-    if ema is not None:
-        ema.update_parameters(net)
-    correct = (logits.detach().argmax(dim=1) == positives).sum()
-    train_acc.add(*rt.all_reduce(torch.stack([correct, torch.full_like(correct, len(positives))])))
-    num, den = train_acc.fraction()
-    zero = torch.zeros((), device=loss.device)
-    return {'loss': loss.detach(), 'loss_x': loss.detach(), 'loss_u': zero, 'train_acc': 100.0 * num / den}
-
-
 @torch.no_grad()
 def retrieval(model, images, args, rt):
     """Contrastive retrieval on up to EVAL_IMAGES images, in fp32 (see the module's docstring): two views each
@@ -231,145 +212,54 @@ def evaluate_and_log(eval_model, eval_sets, w, step, log, meta, args, rt, wants_
     return record, val
 
 
-def make_optimizer(model, args, device):
-    fused = {'fused': True} if device.type in ('cuda', 'cpu') else {}
-    if args.optimizer == 'adam':
-        return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd, **fused)
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd,
-                           nesterov=args.nesterov, **fused)
+class SimCLRStep(loop.Step):
+    """One step: two views of every image, one forward, the NT-Xent loss on the projections."""
+    STREAMS = {'train': 'batch_size'}
+    NONFINITE_HINT = 'try a lower --lr, a higher --temperature, or --amp off'
+    SUMMARY_NOTE = (f'(top-1/top-5 here: how often a view\'s nearest other view is its pair, among two fixed views of up '
+                    f'to {EVAL_IMAGES} images; the classifier head is untrained)')
 
+    @staticmethod
+    def check_data(ds, split):
+        pass  # no unlabeled image is needed: every training image is one
 
-# =========================================================================================================
-# The loop: the three scripts' loop, with the contrastive step and evaluation
-# =========================================================================================================
-def train(args, rt):
-    say = print if rt.is_main else (lambda *a, **k: None)
-    run = checkpoint.open_run(args, METHOD, run_tag(args), rt)  # decided before anything is written
-    done = checkpoint.finished(run, args)
-    if done:
-        say(done)
-        return
-    init = checkpoint.load_init(args.init, args.arch) if args.init and run.ckpt is None else None  # before the data
-    say(f'git {metrics.git_sha()}  torch {torch.__version__}  device {rt.describe()}  amp {rt.precision}')
-    say('args ' + ' '.join(f'{k}={v}' for k, v in sorted(vars(args).items())), flush=True)
+    @staticmethod
+    def add_sets(sets):
+        sets['train'] = (torch.cat([sets['labeled'][0], sets['unlabeled'][0]]), None)  # every image, its label unused
 
-    # ---- data: uint8 tensors on the training device
-    seed_everything(args.seed)
-    ds, split = data.load_data(args)
-    args.num_classes = len(ds.classes)
-    if run.ckpt is not None and run.ckpt['num_classes'] != args.num_classes:
-        raise UserError(f'--resume {run.resume}: checkpoint has {run.ckpt["num_classes"]} classes, the data '
-                        f'{args.num_classes}')
-    dev = rt.device
-    sets = data.on_device(ds, split, dev)
-    (x_lab, _), (x_unl, _) = sets['labeled'], sets['unlabeled']
-    x_train = torch.cat([x_lab, x_unl])  # every training image, its label unused
-    say(f'data {args.dataset}: {len(x_train)} training images (labels unused), '
-        + ', '.join(f'{0 if x is None else len(x)} {k}' for k, (x, _) in sets.items() if k in ('val', 'test'))
-        + f', {tuple(ds.train_images.shape[1:])} images; views: crop area {args.crop_area:g}-1 + flip'
-        + (f' + randaugment {args.view_ops} ops' if args.view_ops else ''), flush=True)
-    for line in data.notes(ds, split):
-        say(line, flush=True)
+    @staticmethod
+    def describe_data(args, ds, sets):
+        return (f'data {args.dataset}: {len(sets["train"][0])} training images (labels unused), '
+                + ', '.join(f'{0 if x is None else len(x)} {k}' for k, (x, _) in sets.items() if k in ('val', 'test'))
+                + f', {tuple(ds.train_images.shape[1:])} images; views: crop area {args.crop_area:g}-1 + flip'
+                + (f' + randaugment {args.view_ops} ops' if args.view_ops else ''))
 
-    # ---- model, EMA, optimizer, samplers; or all of them as the checkpoint left them
-    mean, std = data.pixel_stats(ds.train_images)
-    model = rt.prepare(make_model(args, ds.train_images.shape[1], mean, std))
-    if init is not None:  # a resumed run continues its own weights instead
-        say(checkpoint.init_weights(model, init, args.init))
-    ema = semisup.make_ema(model, args.ema_decay)
-    eval_model = model if ema is None else ema.module
-    net = rt.compile(rt.ddp(model))
-    optimizer = make_optimizer(model, args, dev)
-    policy = POLICIES[args.policy](args, args.num_classes, len(x_unl)).to(dev)
-    if rt.world > 1:
-        seed_everything(args.seed * 1000 + rt.rank)
-    streams = {'train': data.IndexStream(len(x_train), args.batch_size, dev)}
-    train_acc = semisup.TrainAccuracy(dev, args.acc_seed)
-    progress, flag_changes = checkpoint.Progress(), []
-    if run.ckpt is not None:
-        progress, note = checkpoint.restore_training(run, rt, args, model, ema, optimizer, policy, train_acc, streams)
-        flag_changes = checkpoint.flag_changes(run.ckpt, args, progress.step)
-        say((note + '\n' if note else '') + f'resumed {run.resume} at step {progress.step}'
-            + checkpoint.describe_changes(flag_changes[-1:], progress.step))
+    @staticmethod
+    def build_model(args, ds, mean, std):
+        return make_model(args, ds.train_images.shape[1], mean, std)
 
-    # ---- the run directory is written from here on (by the first process only)
-    if rt.is_main:
-        os.makedirs(run.out, exist_ok=True)
-        if run.ckpt is None:
-            with open(os.path.join(run.out, 'split.json'), 'w') as f:
-                json.dump({k: v.tolist() for k, v in split.items()} | {'split_seed': args.split_seed}, f)
-    log = metrics.RunLog(run.out, progress.step, args.steps, enabled=rt.is_main)
-    meta = {'git_sha': metrics.git_sha(), 'torch': str(torch.__version__), 'device': rt.describe(), 'amp': rt.precision}
-    if flag_changes:  # every flag changed on a resume, from which step: in each later log record and checkpoint
-        meta['flag_changes'] = flag_changes
+    @staticmethod
+    def eval_sets(sets):
+        return {k: sets[k][0] for k in ('val', 'test')}
 
-    # ---- training loop: metrics stay on the device until a print or an evaluation
-    eval_sets = {k: sets[k][0] for k in ('val', 'test')}
-    meter = metrics.Meter(rt)
-    no_bad_step = args.steps + 1
-    first_nonfinite = torch.full((), no_bad_step, dtype=torch.long, device=dev)
-    stop = StopRequest()
-    model.train()
-    while progress.step < args.steps:
-        step = progress.step
-        if step > 0 and step % args.acc_window == 0:
-            train_acc.new_window()
-        rt.step_begin()
-        for group in optimizer.param_groups:
-            group['lr'] = semisup.lr_at(step, args)
-        m = train_step(net, ema, optimizer, rt, train_acc, x_train[streams['train'].next()], args)
-        first_nonfinite = torch.where(torch.isfinite(m['loss']), first_nonfinite, first_nonfinite.clamp(max=step + 1))
-        meter.add(**m)
-        progress.step = step = step + 1
-        log.tick()
-        at_eval = step % args.eval_every == 0 or step == args.steps
-        stopping = stop.requested and rt.world == 1
-        if step % args.print_every == 0 or at_eval or stopping:
-            bad = int(rt.all_reduce(first_nonfinite.clone(), 'min'))
-            if bad != no_bad_step:
-                say(f'error: non-finite loss at step {bad}; stopping. The last checkpoint in {run.out} is from before '
-                    f'it (try a lower --lr, a higher --temperature, or --amp off)', file=sys.stderr)
-                sys.exit(1)
-            if rt.world > 1:
-                stopping = bool(rt.all_reduce(torch.tensor(int(stop.requested), device=dev), 'max'))
-            w = meter.peek()
-            log.progress(step, f'nt-xent {w["loss_x"]:.3f}  pair found {w["train_acc"]:.1f}%  '
-                               f'{w["ms_per_step"]:.0f} ms/step')
-        if at_eval:
-            w = meter.read() | {'lr': optimizer.param_groups[0]['lr']}
-            if rt.is_main:
-                wants_test = (lambda v: args.test_when == 'every-eval' or step == args.steps
-                              or progress.improves(v))
-                record, val = evaluate_and_log(eval_model, eval_sets, w, step, log, meta, args, rt, wants_test)
-                if progress.add(record):
-                    checkpoint.save_best(run, eval_model, progress, args, METHOD, ds.classes, meta)
-                progress.val_acc = val or progress.val_acc
-            progress.val_acc = rt.broadcast_object(progress.val_acc)
-        if at_eval or stopping:
-            checkpoint.save_training(run, rt, progress, args, METHOD, ds.classes, meta, model, ema, optimizer, policy,
-                                     train_acc, streams)
-            meter.restart_clock()
-        if stopping and step < args.steps:
-            log.close()
-            say(f'stopped by SIGTERM after step {step}; checkpoint saved in {run.out}; continue with --resume auto')
-            return
-    log.close()
+    def progress_line(self, w):
+        return f'nt-xent {w["loss_x"]:.3f}  pair found {w["train_acc"]:.1f}%  {w["ms_per_step"]:.0f} ms/step'
 
-    metrics.print_summary(rt, model, progress, run.out, args.test_when == 'every-eval')
-    say(f'(top-1/top-5 here: how often a view\'s nearest other view is its pair, among two fixed views of up to '
-        f'{EVAL_IMAGES} images; the classifier head is untrained)')
+    def evaluate(self, w, step, log, wants_test, eval_sets):
+        s = self.s
+        return evaluate_and_log(s.eval_model, eval_sets, w, step, log, s.meta, s.args, s.rt, wants_test)
 
-
-def main(args):
-    rt = Runtime(args.device, args.amp, args.compile)
-    try:
-        train(args, rt)
-    finally:
-        rt.close()
+    def __call__(self, step):
+        s = self.s
+        images = s.sets['train'][0][s.streams['train'].next()]
+        z, = project(s.net, s.rt, two_views(images, s.args))
+        logits, positives = contrastive_logits(z, s.args.temperature)
+        loss = F.cross_entropy(logits, positives)
+        self.update(loss)
+        zero = torch.zeros((), device=loss.device)
+        return {'loss': loss.detach(), 'loss_x': loss.detach(), 'loss_u': zero,
+                'train_acc': self.count(logits.detach(), positives)}
 
 
 if __name__ == '__main__':
-    try:
-        main(get_args())
-    except UserError as e:
-        fail(str(e))
+    loop.main(get_args, METHOD, POLICIES, run_tag, SimCLRStep)
