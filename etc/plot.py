@@ -15,7 +15,6 @@ the band their range.
 """
 import argparse
 import glob
-import json
 import os
 import sys
 import textwrap
@@ -26,7 +25,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reproduce  # noqa: E402
+import experiments  # noqa: E402
+import report  # noqa: E402
+from runner import REPO, read_log  # noqa: E402
 
 POLICIES = ['mixmatch', 'fixed-0.8', 'adaptive-mse']
 CE_RUNS = ['mixmatch', 'adaptive-ce-1', 'adaptive-ce-1.5', 'adaptive-ce-2']
@@ -39,7 +40,7 @@ def load(logs_dir):
     runs = {}
     for path in sorted(glob.glob(os.path.join(logs_dir, '*', 's*', 'log.jsonl'))):
         entry = os.path.basename(os.path.dirname(os.path.dirname(path)))
-        runs.setdefault(entry, []).append(reproduce.read_log(path))
+        runs.setdefault(entry, []).append(read_log(path))
     return runs
 
 
@@ -64,8 +65,8 @@ def curve(ax, runs, entry, key, label=None, scale=1.0, style=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--preset', default='quick', choices=sorted(reproduce.PRESETS))
-    p.add_argument('--results-dir', default=os.path.join(reproduce.REPO, 'etc', 'results'))
+    p.add_argument('--preset', default='quick', choices=sorted(experiments.PRESETS))
+    p.add_argument('--results-dir', default=os.path.join(REPO, 'etc', 'results'))
     args = p.parse_args(argv)
     runs = load(os.path.join(args.results_dir, 'logs', args.preset))
     if not runs:
@@ -114,7 +115,7 @@ def main(argv=None):
 
 def policy_figure(runs, args, figures):
     """Mask ratio and pseudo-label accuracy per policy of the policy table; None if fewer than two have logs."""
-    entries = [e for e, _ in reproduce.TABLES['P'][1] if e in runs and any(r.get('mask_ratio') is not None
+    entries = [e for e in experiments.TABLES['P'].entries if e in runs and any(r.get('mask_ratio') is not None
                                                                             for recs in runs[e] for r in recs)]
     if len(entries) < 2:
         return None
@@ -129,9 +130,9 @@ def policy_figure(runs, args, figures):
         ax.set_xlabel('step')
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))  # beside the curves, not over them
-    steps = reproduce.schedule(args.preset)['steps']
+    steps = experiments.schedule(args.preset)['steps']
     return save(fig, f'Every policy on Fashion-MNIST, 250 labels ({args.preset} preset, {steps:,} steps; n seeds per '
-                     f'line, mean and range).{reproduce.epochs_note(args.preset)}',
+                     f'line, mean and range).{report.epochs_note(args.preset)}',
                 os.path.join(figures, f'{args.preset}-policies.png'))
 
 

@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'mixmatch'))
-import reproduce  # noqa: E402
+import experiments  # noqa: E402
+import runner  # noqa: E402
 from models import build_model  # noqa: E402
 from verify_pretrained import MANIFEST, REPO, evaluate_file, sha256  # noqa: E402
 
@@ -53,7 +54,7 @@ def readme(rows):
         lines += ['', f'## `{preset}` preset, seed {seed}: {group[0]["steps"]} steps', '',
                   f'Made by `python etc/release_pretrained.py --preset {preset} --seed {seed}`'
                   + (' from runs trained with the first release\'s defaults: each training command spells them out, '
-                     'so it reproduces its file with the current code' if reproduce.PRESETS[preset]['setup'] == 'v1'
+                     'so it reproduces its file with the current code' if experiments.PRESETS[preset]['setup'] == 'v1'
                      else '') + '.', '',
                   '| file | sha256 | table entry | session | training command | test top-1 | test top-5 | run top-1 |',
                   '|---|---|---|---|---|---|---|---|']
@@ -70,7 +71,7 @@ def release_order(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--preset', default='quick', choices=sorted(reproduce.PRESETS))
+    p.add_argument('--preset', default='quick', choices=sorted(experiments.PRESETS))
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--runs-dir', default=os.path.join('runs', 'reproduce'))
     args = p.parse_args(argv)
@@ -82,20 +83,21 @@ def main(argv=None):
         for r in m['checkpoints']:
             if not os.path.exists(os.path.join(OUT, r['file'])):
                 continue
-            r.setdefault('steps', reproduce.schedule(r['preset'])['steps'])
-            if r['entry'] in reproduce.ENTRIES:  # the map to the study's sessions may be corrected later
-                r['session'] = reproduce.ENTRIES[r['entry']][3]
+            r.setdefault('steps', experiments.schedule(r['preset'])['steps'])
+            if r['entry'] in experiments.ENTRIES:  # the map to the study's sessions may be corrected later
+                r['session'] = experiments.ENTRIES[r['entry']].session
             if (r['preset'], r['seed']) == (args.preset, args.seed):
                 earlier[r['entry']] = r
             else:
                 others.append(r)  # other releases (presets or seeds) stay as they are
     rows = []
-    for entry, (script, _, _, session, _) in reproduce.ENTRIES.items():
-        if not reproduce.in_setup(entry, args.preset):
+    for entry, e in experiments.ENTRIES.items():
+        script, session = e.script, e.session
+        if not experiments.in_setup(entry, args.preset):
             continue
-        out = reproduce.run_dir(args.runs_dir, args.preset, entry, args.seed)
-        info = reproduce.run_state(out)
-        if not reproduce.is_done(out, reproduce.command(entry, args.seed, args.preset, 'auto', args.runs_dir)):
+        out = experiments.run_dir(args.runs_dir, args.preset, entry, args.seed)
+        info = runner.run_state(out)
+        if not runner.is_done(out, experiments.command(entry, args.seed, args.preset, 'auto', args.runs_dir)):
             if entry in earlier:
                 rows.append(earlier[entry])
                 print(f'keep {earlier[entry]["file"]}: released earlier, no run directory here')
@@ -112,7 +114,7 @@ def main(argv=None):
         if top1 is None:
             print(f'error: --evaluate of {name} failed: {output}', file=sys.stderr)
             return 1
-        tables = ', '.join(f'table {t}' for t, (_, es) in reproduce.TABLES.items() if entry in dict(es))
+        tables = ', '.join(f'table {t}' for t, table in experiments.TABLES.items() if entry in table.entries)
         rows.append({'file': name, 'sha256': digest, 'entry': entry, 'tables': tables, 'session': session,
                      'method': script, 'command': info['command'], 'preset': args.preset, 'seed': args.seed,
                      'steps': info['steps'], 'hardware': info.get('hardware', '?'),

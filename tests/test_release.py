@@ -7,7 +7,7 @@ from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, 'etc'))
 import release_pretrained  # noqa: E402
-import reproduce  # noqa: E402
+import experiments  # noqa: E402
 
 
 def test_a_release_of_one_preset_keeps_the_other_releases(tmp_path, monkeypatch):
@@ -19,9 +19,9 @@ def test_a_release_of_one_preset_keeps_the_other_releases(tmp_path, monkeypatch)
     (out / old['file']).write_bytes(b'released earlier')
     (out / 'unlisted-quick-s0-00000000.pt').write_bytes(b'no manifest row')
     (out / 'manifest.json').write_text(json.dumps({'preset': 'quick-v1', 'seed': 0, 'checkpoints': [old]}))
-    run = reproduce.run_dir(str(runs), 'medium', 'mixmatch', 0)  # a finished medium run, as reproduce.py leaves it
+    run = experiments.run_dir(str(runs), 'medium', 'mixmatch', 0)  # a finished medium run, as reproduce.py leaves it
     os.makedirs(run)
-    cmd = 'python ' + ' '.join(reproduce.command('mixmatch', 0, 'medium', 'cuda', 'elsewhere'))
+    cmd = 'python ' + ' '.join(experiments.command('mixmatch', 0, 'medium', 'cuda', 'elsewhere'))
     with open(os.path.join(run, 'reproduce.json'), 'w') as f:
         json.dump({'done': True, 'command': cmd, 'steps': 4096, 'hardware': 'a GPU'}, f)
     monkeypatch.setattr(release_pretrained, 'OUT', str(out))
