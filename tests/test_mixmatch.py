@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import loop
 import semisup
 from conftest import load_train
 
@@ -90,3 +91,16 @@ def test_ema_warms_up_then_uses_the_decay():
     ema.update_parameters(lin)                                       # n=1: decay (1+1)/(10+1)
     assert ema.module.weight.item() == pytest.approx(1 - 2 / 11)
     assert semisup.make_ema(lin, 0) is None
+
+
+def test_the_flags_pick_the_variant_of_mixmatchs_step():
+    """--labeled-only, --drop-unkept and --rot-weight are subclasses of the step the loop runs, not branches in it;
+    given together, the last two combine."""
+    fixed = load_train('fixed')
+    pick = lambda *flags: loop.MixMatchStep.for_args(fixed.get_args(list(flags)))  # noqa: E731
+    assert pick() is loop.MixMatchStep
+    assert pick('--drop-unkept') is loop.DropUnkept and pick('--rot-weight', '1') is loop.WithRotation
+    both = pick('--drop-unkept', '--rot-weight', '1')
+    assert issubclass(both, loop.DropUnkept) and issubclass(both, loop.WithRotation)
+    assert both.heads(None) is not None and loop.MixMatchStep.heads(None) is None  # the rotation head is built
+    assert loop.MixMatchStep.for_args(load_train('mixmatch').get_args(['--labeled-only'])) is loop.LabeledOnly
