@@ -34,9 +34,8 @@ def readme_example():
 
 
 def readme_second_example():
-    """The README's policy with a flag of its own: (the flag's line, the class, the entry it adds to POLICIES)."""
-    section = open(os.path.join(REPO, 'README.md')).read().split('## Adding your own policy', 1)[1].split('\n## ')[0]
-    part = section.split('A policy with a flag of its own', 1)[1]
+    """etc/policies.md's policy with a flag of its own: (the flag's line, the class, the entry it adds to POLICIES)."""
+    part = open(os.path.join(REPO, 'etc', 'policies.md')).read().split('\n\n', 2)[2]
     flag, code = (textwrap.dedent(b).strip() + '\n' for b in re.findall(r'\n\n((?:    .*\n|\n)+)', part)[:2])
     return flag, code, re.search(r"adding `([^`]+)` to it", part).group(1)
 
