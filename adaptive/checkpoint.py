@@ -16,7 +16,7 @@ from errors import UserError
 from runtime import seed_everything
 
 FORMAT = 3  # checkpoint.pt layout: 1 had no policy state (it resumes where the policy keeps none); 1 and 2
-#             counted the train accuracy in 4 counts (a window-mean seed): they resume under --acc-seed window
+#             counted the train accuracy in 4 counts (a window-mean seed): they resume under --accuracy window
 RESUMABLE = ('model', 'optimizer', 'step')  # what an evaluation checkpoint (best.pt, a released file) lacks
 SAME_DATA = ('dataset', 'n_labeled', 'n_val', 'split_seed', 'image_size')  # the split the samplers index into
 
@@ -35,7 +35,7 @@ class Run:
 @dataclass
 class Progress:
     """How far a run has come: steps done, the best evaluation by val top-1 (its numbers are best.pt's), the
-    last 20 test evaluations, and the last val (correct, count), which --acc-source val follows."""
+    last 20 test evaluations, and the last val (correct, count), which --accuracy val follows."""
     step: int = 0
     best: dict | None = None
     history: list = field(default_factory=list)
@@ -261,7 +261,7 @@ def restore_training(s, ckpt, path):
         group['lr'], group['weight_decay'] = args.lr, args.wd
     if not s.train_acc.load(ckpt['train_acc']):
         raise UserError(f'--resume {path}: the checkpoint counted the train accuracy as the first release did; '
-                        'resume it with --acc-seed window (and --train-acc mixed where the policy reads it)')
+                        'resume it with --accuracy window (--accuracy mixed,window where the policy reads it)')
     s.progress = Progress(ckpt['step'], ckpt['best'], ckpt['history'], tuple(ckpt['val_acc']))
     s.refresh_val_acc()
     note = None
@@ -310,11 +310,11 @@ def flag_changes(ckpt, args, step):
 
 
 def describe_changes(changes, step):
-    """'; from step N on: --flag old -> new, ...' for the changes made at `step`, or ''."""
+    """'; from step N on: setting old -> new, ...' (args.json's names) for the changes made at `step`, or ''."""
     flags = [c['flags'] for c in changes if c['step'] == step]
     if not flags:
         return ''
-    return f'; from step {step} on: ' + ', '.join(f'--{k.replace("_", "-")} {a} -> {b}' for k, (a, b) in flags[0].items())
+    return f'; from step {step} on: ' + ', '.join(f'{k} {a} -> {b}' for k, (a, b) in flags[0].items())
 
 
 def rng_state():

@@ -176,7 +176,7 @@ class Step:
 
 
 def augment_views(images, args):
-    """Crop and flip (--augment), then what --randaugment, --augmix and --cutout add; every image its own draw."""
+    """Crop and flip (flags.DEFAULTS['augment']), then what --randaugment, --augmix and --cutout add; every image its own draw."""
     return augment.augment(images, args.augment_kind, args.randaugment, args.augmix, args.cutout)
 
 
@@ -252,7 +252,7 @@ class MixMatchStep(Step):
 
         # Train accuracy, the competence signal a policy may read. As the original: a forward of the labeled batch's
         # own (unmixed) augmentation after the step, with batch statistics (BatchNorm's running statistics are left
-        # alone). With --train-acc mixed, or for a policy that does not read it: the mixed labeled rows the step
+        # alone). With --accuracy mixed, or for a policy that does not read it: the mixed labeled rows the step
         # already has (each is >= 50% its own image), no extra forward.
         if a.train_acc == 'clean' and s.policy.reads_train_acc(a):
             with torch.no_grad(), s.rt.autocast(), semisup.batch_statistics_only(s.net):

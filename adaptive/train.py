@@ -23,31 +23,40 @@ import loop
 from errors import UserError
 from policy import Policy
 
-
 METHOD = 'adaptive'
+# This family's defaults, one line a knob: with flags.DEFAULTS (the shared ones), what a run without flags uses.
+DEFAULTS = {
+    'policy': 'accuracy',
+    'loss': 'ce',                  # the paper's soft cross-entropy; --lambda-u follows it: 1
+    'min_th': 0.5,                 # the paper's floor
+    'confidence': 'unsharpened',   # the original code's (the report's Algorithm 1: sharpened)
+    'warm_threshold': 0.9,         # warm-start: the notes' (or 0.8)
+    'warm_until': 20,              # warm-start: the original's 20%
+    'extra_draws': 5,              # warm-start: the original's
+    'flex_threshold': 0.95,        # flexmatch: FlexMatch's tau
+    'flex_warmup': 'on',           # flexmatch: FlexMatch's
+    'free_momentum': 0.999,        # freematch: FreeMatch's
+}
 
 
 def add_method_flags(parser):
     g = parser.add_argument_group('pseudo-label policy: adaptive threshold')
-    g.add_argument('--min-th', type=float, default=0.5,
+    g.add_argument('--min-th', type=float,
                    help='confidence floor: no image below it is kept, whatever the accuracy (paper: 0.5)')
-    g.add_argument('--acc-source', default='train', choices=('train', 'val'),
-                   help='the accuracy that sets k: train (running top-1 on labeled batches, the paper) or val')
-    g.add_argument('--confidence', default='unsharpened', choices=('unsharpened', 'sharpened'),
+    g.add_argument('--confidence', choices=('unsharpened', 'sharpened'),
                    help='max of the mean prediction before (original code) or after sharpening (report, Algorithm 1)')
-    g.add_argument('--warm-threshold', type=float, default=0.9,
+    g.add_argument('--warm-threshold', type=float,
                    help='warm-start: the fixed threshold before the switch (the notes: 0.9 or 0.8)')
-    g.add_argument('--warm-until', type=float, default=20,
+    g.add_argument('--warm-until', type=float,
                    help='warm-start: switch once the running train accuracy exceeds this many percent (original: 20)')
-    g.add_argument('--extra-draws', type=int, default=5,
+    g.add_argument('--extra-draws', type=int,
                    help='warm-start: most further unlabeled batches drawn per step to keep B_u images (original: 5)')
-    g.add_argument('--flex-threshold', type=float, default=0.95,
+    g.add_argument('--flex-threshold', type=float,
                    help='flexmatch: tau, the threshold of a class that is learned well (FlexMatch: 0.95)')
-    g.add_argument('--flex-warmup', default='on', choices=('on', 'off'),
+    g.add_argument('--flex-warmup', choices=('on', 'off'),
                    help='flexmatch: count the images not yet above tau in the normalization (FlexMatch: on)')
-    g.add_argument('--free-momentum', type=float, default=0.999,
+    g.add_argument('--free-momentum', type=float,
                    help='freematch: momentum of the EMAs of confidence and class prediction (FreeMatch: 0.999)')
-    parser.set_defaults(loss='ce')
     return g
 
 
@@ -55,7 +64,7 @@ def check_method_args(args):
     if not 0 <= args.min_th <= 1:
         raise UserError(f'--min-th {args.min_th} must be in [0, 1]')
     if args.acc_source == 'val' and args.n_val == 0:
-        raise UserError('--acc-source val needs a validation set (--n-val > 0)')
+        raise UserError('--accuracy val needs a validation set (--n-val > 0)')
     checks = [(0 < args.warm_threshold <= 1 and 0 <= args.warm_until <= 100, '--warm-threshold must be in (0, 1] '
                'and --warm-until in [0, 100]'), (args.extra_draws >= 0, '--extra-draws must be >= 0'),
               (0 < args.flex_threshold <= 1, '--flex-threshold must be in (0, 1]'),
@@ -205,7 +214,7 @@ POLICIES = {'accuracy': Accuracy, 'warm-start': WarmStart, 'flexmatch': FlexMatc
 # The same in the three scripts
 # =========================================================================================================
 def get_args(argv=None):
-    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES)
+    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, DEFAULTS)
 
 
 if __name__ == '__main__':

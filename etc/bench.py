@@ -165,7 +165,7 @@ def main():
     p.add_argument('--warmup', type=int, default=None, help='untimed steps first (default CPU 3, CUDA 30)')
     p.add_argument('--compile', action='store_true', help='add torch.compile rows on the CPU (always on CUDA)')
     p.add_argument('--flags', default='', help='more flags for the methods, e.g. "--policy warm-start" or '
-                                               '"--train-acc mixed"')
+                                               '"--accuracy mixed"')
     p.add_argument('--variants', default=None, metavar='FLAGS;FLAGS;...',
                    help='rows of these flag sets instead (the first is the baseline of the speed-up, empty: the '
                         'defaults), each at the precision --amp auto picks, channels-last, eager')

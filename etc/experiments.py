@@ -99,7 +99,7 @@ ENTRIES = {
     'mixmatch-75': Entry('mixmatch', ('--lambda-u', '75'), 'MixMatch (MSE, MixMatch\'s lambda_u 75)', '405'),
     'fixed-0.8': Entry('fixed', ('--threshold', '0.8', '--lambda-u', MSE), 'fixed threshold 0.8 (MSE)', '408', 72.84,
                        v1=('--threshold', '0.8'), v1_what='fixed threshold 0.8 (MSE, lambda_u 75)'),
-    'adaptive-mse': Entry('adaptive', ('--min-th', '0.5', '--loss', 'mse', '--lambda-u', MSE, '--acc-seed', 'none'),
+    'adaptive-mse': Entry('adaptive', ('--min-th', '0.5', '--loss', 'mse', '--lambda-u', MSE, '--accuracy', 'none'),
                           'adaptive, min 0.5 (MSE)', '401', 73.96, v1=('--min-th', '0.5', '--loss', 'mse'),
                           v1_what='adaptive, min 0.5 (MSE, lambda_u 75)'),
     'adaptive-ce-1': Entry('adaptive', CE1, 'adaptive CE, lambda_u 1', '431', 75.06, v1=CE1),
@@ -131,13 +131,13 @@ ENTRIES = {
                          'threshold 0.9 -> 0.5 over 80 of 300 epochs', '79, 348', schedule_epochs=80),
     'consistency': Entry('fixed', ('--policy', 'consistency', '--threshold', '0.9', '--lambda-u', MSE),
                          'threshold 0.9 + Pi-model loss below it', '100'),
-    'adaptive-no-floor': Entry('adaptive', ('--min-th', '0', '--loss', 'mse', '--lambda-u', MSE, '--acc-seed', 'none'),
+    'adaptive-no-floor': Entry('adaptive', ('--min-th', '0', '--loss', 'mse', '--lambda-u', MSE, '--accuracy', 'none'),
                                'adaptive, no floor (MSE)', '372-374'),
-    'adaptive-val': Entry('adaptive', ('--min-th', '0.5', '--acc-source', 'val', '--loss', 'mse', '--lambda-u', MSE),
+    'adaptive-val': Entry('adaptive', ('--min-th', '0.5', '--accuracy', 'val', '--loss', 'mse', '--lambda-u', MSE),
                           'adaptive on val accuracy (MSE)', '406'),
-    'adaptive-val-ce': Entry('adaptive', ('--min-th', '0.5', '--acc-source', 'val', '--loss', 'ce', '--lambda-u', '1'),
+    'adaptive-val-ce': Entry('adaptive', ('--min-th', '0.5', '--accuracy', 'val', '--loss', 'ce', '--lambda-u', '1'),
                              'adaptive on val accuracy (CE)', '423'),
-    'warm-start': Entry('adaptive', ('--policy', 'warm-start', '--loss', 'mse', '--lambda-u', MSE, '--acc-seed', 'none'),
+    'warm-start': Entry('adaptive', ('--policy', 'warm-start', '--loss', 'mse', '--lambda-u', MSE, '--accuracy', 'none'),
                         'warm start + ensure ratio (MSE)', '417'),
     'warm-start-seeded': Entry('adaptive', ('--policy', 'warm-start', '--loss', 'mse', '--lambda-u', MSE),
                                'warm start + ensure ratio, last-value seeding', '428'),
@@ -194,8 +194,8 @@ def entry_flags(entry, preset):
     e = ENTRIES[entry]
     if faithful(preset):
         return list(e.flags)
-    extra = ['--train-acc', 'mixed'] if e.script == 'adaptive' and not e.labeled_only else []
-    return list(e.v1) + extra + ['--acc-seed', 'window']
+    read = 'mixed,' if e.script == 'adaptive' and not e.labeled_only else ''  # the first release's train accuracy
+    return list(e.v1) + ['--accuracy', read + 'window']
 
 
 def describe(entry, preset):

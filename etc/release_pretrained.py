@@ -37,6 +37,11 @@ def slim(best_path):
     return {'ema': ema, **{k: ckpt[k] for k in ('args', 'metrics', 'method', 'arch', 'num_classes', 'classes', 'meta')}}
 
 
+def today(command):
+    """A training command in today's flags (the manifest keeps it as it ran): the same run."""
+    return ' '.join(experiments.script_flags.upgrade(command.split()))
+
+
 def readme(rows):
     """pretrained/README.md: one section per release (preset and seed), the longest-trained first."""
     lines = ['# Released checkpoints', '',
@@ -60,7 +65,7 @@ def readme(rows):
                   '|---|---|---|---|---|---|---|---|']
         for r in group:
             lines.append(f'| `{r["file"]}` | `{r["sha256"]}` | {r["tables"]}: {r["entry"]} | {r["session"]} | '
-                         f'`{r["command"]}` | {r["test_top1"]:.2f} | {r["test_top5"]:.2f} | {r["run_test_top1"]:.2f} |')
+                         f'`{today(r["command"])}` | {r["test_top1"]:.2f} | {r["test_top5"]:.2f} | {r["run_test_top1"]:.2f} |')
     return '\n'.join(lines) + '\n'
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from experiments import command, run_dir
+from experiments import command, run_dir, script_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,8 +58,18 @@ def write_state(out, info):
 def what_runs(cmd):
     """A command line without its --device, --amp and --out values: the same run wherever it ran and wherever it
     wrote (the precision each run had is in its log, and one call keeps a table at one precision: check_precision;
-    a run of another --runs-dir, archived, is the same run)."""
-    return re.sub(r' --(device|amp|out) \S+', '', cmd)
+    a run of another --runs-dir, archived, is the same run). An earlier release's flags are read as today's
+    (script_flags.upgrade), and the flags' order does not matter."""
+    argv = shlex.split(cmd)
+    groups, current = [], None
+    for token in script_flags.upgrade(argv[2:]):
+        if token.startswith('--'):
+            current = [token]
+            groups.append(current)
+        elif current is not None:
+            current.append(token)
+    flags = sorted(tuple(g) for g in groups if g[0] not in ('--device', '--amp', '--out'))
+    return (argv[1], tuple(flags))
 
 
 def is_done(out, cmd):
@@ -202,6 +212,7 @@ def run_args(out, cmd):
         with open(path) as f:
             return json.load(f)
     argv = shlex.split(cmd)[1:]
+    argv[1:] = script_flags.upgrade(argv[1:])
     script = os.path.dirname(argv[0])
     if script not in SCRIPTS:
         spec = importlib.util.spec_from_file_location(f'train_{script.replace("/", "_")}',

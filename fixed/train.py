@@ -20,23 +20,31 @@ import loop
 from errors import UserError
 from policy import Guess, Policy
 
-
 METHOD = 'fixed'
+# This family's defaults, one line a knob: with flags.DEFAULTS (the shared ones), what a run without flags uses.
+DEFAULTS = {
+    'policy': 'constant',
+    'loss': 'mse',                 # MixMatch's; --lambda-u follows it: 75
+    'threshold': 0.8,              # the paper's (the original code: 0.5)
+    'confidence': 'unsharpened',   # the original code's (the report's Algorithm 1: sharpened)
+    'threshold_end': 0.5,          # linear: the notes' 0.9 to 0.5
+    'schedule_steps': 0,           # linear: the whole run
+    'lambda_pi': 10,               # consistency: the original's
+}
 
 
 def add_method_flags(parser):
     g = parser.add_argument_group('pseudo-label policy: fixed threshold')
-    g.add_argument('--threshold', type=float, default=0.8,
+    g.add_argument('--threshold', type=float,
                    help='keep an unlabeled image iff its confidence is >= this (paper: 0.8; the original code: 0.5)')
-    g.add_argument('--confidence', default='unsharpened', choices=('unsharpened', 'sharpened'),
+    g.add_argument('--confidence', choices=('unsharpened', 'sharpened'),
                    help='max of the mean prediction before (original code) or after sharpening (report, Algorithm 1)')
-    g.add_argument('--threshold-end', type=float, default=0.5,
+    g.add_argument('--threshold-end', type=float,
                    help='linear: where the threshold ends, from --threshold (the notes: 0.9 to 0.5)')
-    g.add_argument('--schedule-steps', type=int, default=0,
+    g.add_argument('--schedule-steps', type=int,
                    help='linear: steps the fall takes (0: the whole run; the original: slow 80/300 of it, fast 5/300)')
-    g.add_argument('--lambda-pi', type=float, default=10,
+    g.add_argument('--lambda-pi', type=float,
                    help='consistency: weight of the Pi-model loss on the images below, times lambda_u (original: 10)')
-    parser.set_defaults(loss='mse')
     return g
 
 
@@ -135,7 +143,7 @@ POLICIES = {'constant': Constant, 'linear': Linear, 'consistency': Consistency}
 # The same in the three scripts
 # =========================================================================================================
 def get_args(argv=None):
-    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES)
+    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, DEFAULTS)
 
 
 if __name__ == '__main__':

@@ -109,7 +109,7 @@ class Policy(torch.nn.Module):
 
     @staticmethod
     def reads_train_acc(args):
-        """Whether the policy reads ctx.train_acc with these args: then --train-acc clean measures it."""
+        """Whether the policy reads ctx.train_acc with these args: then --accuracy clean measures it."""
         return False
 
     def lambda_u(self, step):

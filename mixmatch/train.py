@@ -22,15 +22,22 @@ from errors import UserError
 from policy import Policy
 
 METHOD = 'mixmatch'
+# This family's defaults, one line a knob: with flags.DEFAULTS (the shared ones), what a run without flags uses.
+DEFAULTS = {
+    'policy': 'all',
+    'loss': 'mse',            # MixMatch's; --lambda-u follows it: 75
+    'rampup_steps': 16000,    # MixMatch's 16 "epochs" of 1024 steps
+    'mixed_threshold': 0.9,   # mixed-loss: the notes'
+    'lambda_t': None,         # mixed-loss: --lambda-u, as the original
+}
 
 
 def add_method_flags(parser):
     g = parser.add_argument_group('pseudo-label policy: none (every unlabeled image trains)')
-    g.add_argument('--mixed-threshold', type=float, default=0.9,
+    g.add_argument('--mixed-threshold', type=float,
                    help='mixed-loss: the second term\'s rows are those whose own image reaches this (the notes: 0.9)')
-    g.add_argument('--lambda-t', type=float, default=None,
-                   help='mixed-loss: the second term\'s constant weight (default: --lambda-u, as the original)')
-    parser.set_defaults(loss='mse', rampup_steps=16000)  # MixMatch's 16 "epochs" of 1024 steps
+    g.add_argument('--lambda-t', type=float,
+                   help='mixed-loss: the second term\'s constant weight (--lambda-u unless given, as the original)')
     return g
 
 
@@ -74,7 +81,7 @@ POLICIES = {'all': KeepAll, 'mixed-loss': MixedLoss}
 # The same in the three scripts
 # =========================================================================================================
 def get_args(argv=None):
-    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES)
+    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, DEFAULTS)
 
 
 if __name__ == '__main__':

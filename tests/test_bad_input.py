@@ -77,7 +77,7 @@ CASES = [
     ('adaptive', ['--amp', 'fp16'], '--amp fp16 needs CUDA'),
     ('adaptive', ['--compile', 'reduce-overhead'], '--compile reduce-overhead (CUDA graphs) needs CUDA'),
     ('fixed', ['--compile', 'default', '--drop-unkept'], 'it cannot be combined with --compile'),
-    ('adaptive', ['--acc-source', 'val', '--n-val', '0'], '--acc-source val needs a validation set'),
+    ('adaptive', ['--accuracy', 'val', '--n-val', '0'], '--accuracy val needs a validation set'),
     ('adaptive', ['--arch', 'resnet18', '--pretrained', '--out', '{empty}/new'], 'ImageNet weights for resnet18 are not in the torch cache'),
     ('adaptive', ['--pretrained'], 'there are no ImageNet weights for wrn28_2'),
     ('adaptive', ['--dataset', 'fashion_mnist', '--data-root', '{empty}', '--out', '{empty}/fresh'],
@@ -107,7 +107,6 @@ CASES = [
     ('adaptive', ['--resume', '{other_policy}'], "checkpoint is policy 'flexmatch', this run is 'accuracy'"),
     ('adaptive', ['--policy', 'remixmatch'], "argument --policy: invalid choice: 'remixmatch'"),
     # flags that would change nothing in the combination given
-    ('adaptive', ['--momentum', '0.8'], '--momentum has no effect with --optimizer adam'),
     ('mixmatch', ['--drop-unkept'], '--drop-unkept has no effect: MixMatch keeps every unlabeled image'),
     ('fixed', ['--labeled-only', '--threshold', '0.9'], '--threshold has no effect with --labeled-only'),
     ('mixmatch', ['--labeled-only', '--lambda-u', '5', '--K', '3'], '--K, --lambda-u have no effect with --labeled-only'),
@@ -132,21 +131,29 @@ CASES = [
     # the faithful defaults' flags
     ('mixmatch', ['--rampup-start', '1.5'], '--rampup-steps must be >= 0 and --rampup-start in [0, 1]'),
     ('fixed', ['--rampup-start', '0.1'], '--rampup-start has no effect with --rampup-steps 0'),
-    ('mixmatch', ['--train-acc', 'mixed'], '--train-acc has no effect with --policy all as given'),
-    ('adaptive', ['--acc-source', 'val', '--train-acc', 'mixed'], 'which does not read the train accuracy'),
-    ('adaptive', ['--acc-seed', 'sometimes'], "argument --acc-seed: invalid choice: 'sometimes'"),
+    ('mixmatch', ['--accuracy', 'mixed'], '--accuracy clean|mixed has no effect with --policy all as given'),
+    ('mixmatch', ['--accuracy', 'val'], '--accuracy train|val has no effect with --policy all, which does not read it'),
+    ('adaptive', ['--policy', 'warm-start', '--accuracy', 'val'], '--accuracy train|val has no effect with --policy warm-start'),
+    ('adaptive', ['--accuracy', 'val,mixed'], 'which does not read the train accuracy'),
+    ('adaptive', ['--accuracy', 'sometimes'], "'sometimes': expected at most one of each of train|val; clean|mixed"),
+    ('adaptive', ['--accuracy', 'none,window'], "'none,window': expected at most one of each of"),
+    # the flags of earlier releases, and the settings that are no longer flags
+    ('adaptive', ['--acc-seed', 'none'], '--acc-seed is now --accuracy'),
+    ('mixmatch', ['--lr-gamma', '0.9'], '--lr-gamma is now --lr-schedule exponential:GAMMA'),
+    ('fixed', ['--wd', '0.1'], "--wd is no longer a flag: edit 'wd' in flags.DEFAULTS"),
     ('fixed', ['--labeled-only', '--rampup-steps', '5'], '--rampup-steps has no effect with --labeled-only'),
-    ('adaptive', ['--resume', '{old_acc}'], 'resume it with --acc-seed window (and --train-acc mixed'),
+    ('adaptive', ['--resume', '{old_acc}'], 'resume it with --accuracy window (--accuracy mixed,window where'),
     # the study's other experiments: augmentations, schedules, --init
     ('adaptive', ['--randaugment', '2,31'], 'expected N,M with N >= 1 ops and M in 0-30'),
     ('adaptive', ['--randaugment', '0,5'], 'expected N,M with N >= 1 ops and M in 0-30'),
     ('mixmatch', ['--cutout', '-4'], '--cutout -4 must be >= 0 pixels'),
     ('fixed', ['--augmix', '11'], '--augmix 11 must be a severity in 1-10'),
-    ('adaptive', ['--lr-schedule', 'multistep', '--lr-milestones', '2,9'], 'must be increasing steps in 1-7 (--steps 8)'),
-    ('adaptive', ['--lr-schedule', 'multistep', '--lr-milestones', '3,2'], 'must be increasing steps in 1-7'),
-    ('adaptive', ['--lr-schedule', 'multistep'], '--lr-schedule multistep needs --lr-milestones'),
-    ('adaptive', ['--lr-schedule', 'exponential'], '--lr-schedule exponential needs --lr-gamma'),
-    ('adaptive', ['--lr-gamma', '0.9'], '--lr-gamma has no effect with --lr-schedule constant'),
+    ('adaptive', ['--lr-schedule', 'multistep:2,9'], 'multistep:2,9 needs increasing steps in 1-7 (--steps 8)'),
+    ('adaptive', ['--lr-schedule', 'multistep:3,2'], 'needs increasing steps in 1-7'),
+    ('adaptive', ['--lr-schedule', 'multistep'], '--lr-schedule multistep needs its steps: multistep:S1,S2[:FACTOR]'),
+    ('adaptive', ['--lr-schedule', 'exponential'], '--lr-schedule exponential needs its factor per step'),
+    ('adaptive', ['--lr-schedule', 'exponential:1.5'], 'needs GAMMA in (0, 1]'),
+    ('adaptive', ['--lr-schedule', 'cosine:0.5'], "'cosine:0.5': expected constant, cosine, multistep:S1,S2[:FACTOR]"),
     ('mixmatch', ['--alpha', '0', '--mix', 'cutmix'], '--mix has no effect with --alpha 0'),
     ('adaptive', ['--guess-views', 'weak'], '--guess-views has no effect without --randaugment, --augmix or --cutout'),
     ('adaptive', ['--init', '{other_arch}', '--out', '{empty}/fresh'],
@@ -194,6 +201,6 @@ def test_the_table_of_other_scripts_flags_is_each_scripts_own_flags():
     shared = {o for a in flags.common_parser()._actions for o in a.option_strings} | {'--policy', '-h', '--help'}
     for script in ('mixmatch', 'fixed', 'adaptive', 'etc/fixmatch', 'etc/meanteacher', 'etc/rotnet', 'etc/simclr'):
         train = load_train(script)
-        parser = flags.build_parser('', train.add_method_flags, train.POLICIES)
+        parser = flags.build_parser('', train.add_method_flags, train.POLICIES, train.DEFAULTS)
         own = {o for a in parser._actions for o in a.option_strings} - shared
         assert own == set(flags.SCRIPT_FLAGS.get(f'{script}/train.py', ())), script

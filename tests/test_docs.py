@@ -21,7 +21,8 @@ SCRIPTS = METHODS + ('etc/fixmatch', 'etc/meanteacher', 'etc/rotnet', 'etc/simcl
 
 def parser_of(method):
     train = load_train(method)
-    return flags.build_parser(train.__doc__, train.add_method_flags, train.POLICIES, getattr(train, 'NOT_READ', ()))
+    return flags.build_parser(train.__doc__, train.add_method_flags, train.POLICIES, train.DEFAULTS,
+                              getattr(train, 'NOT_READ', ()))
 
 
 def script_flags(method):
@@ -59,7 +60,7 @@ def test_help_shows_the_default_each_flag_runs_with(method):
         flag = a.option_strings[-1]
         if a.help == argparse.SUPPRESS or a.nargs == 0 or not flag.startswith('--'):
             continue
-        value = getattr(args, a.dest)
+        value = ','.join(getattr(args, d) for d in flags.ACCURACY) if a.dest == 'accuracy' else getattr(args, a.dest)
         if value is None:  # off, or decided from the data (--n-val, --out): the help says how
             assert flag not in shown, flag
         else:

@@ -44,7 +44,7 @@ def test_a_resumed_run_continues_the_schedule_exactly(images, tmp_path):
     """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit; the log gives each evaluation's
     learning rate (the one the last step used)."""
     cache = tmp_path / 'cache'
-    flags = ['--lr-schedule', 'multistep', '--lr-milestones', '1,3', '--lr-factor', '0.1']
+    flags = ['--lr-schedule', 'multistep:1,3:0.1']
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
     assert run_script('mixmatch', *tiny_run_args(images, straight, cache, steps=6), *flags).returncode == 0
     assert run_script('mixmatch', *tiny_run_args(images, split, cache, steps=4), *flags).returncode == 0
@@ -62,18 +62,18 @@ def test_a_resumed_run_continues_the_schedule_exactly(images, tmp_path):
 @pytest.mark.slow
 def test_flags_given_on_resume_win_over_the_schedule_saved(images, tmp_path):
     cache, out = tmp_path / 'cache', str(tmp_path / 'run')
-    flags = ['--lr-schedule', 'exponential', '--lr-gamma']
-    assert run_script('mixmatch', *tiny_run_args(images, out, cache, steps=4), *flags, '0.5').returncode == 0
-    r = run_script('mixmatch', *tiny_run_args(images, out, cache, steps=6), *flags, '0.9', '--resume', 'auto')
+    flags = ['--lr-schedule']
+    assert run_script('mixmatch', *tiny_run_args(images, out, cache, steps=4), *flags, 'exponential:0.5').returncode == 0
+    r = run_script('mixmatch', *tiny_run_args(images, out, cache, steps=6), *flags, 'exponential:0.9', '--resume', 'auto')
     assert r.returncode == 0, r.stderr
-    assert 'resumed' in r.stdout and 'at step 4; from step 4 on: --lr-gamma 0.5 -> 0.9, --steps 4 -> 6' in r.stdout
+    assert 'resumed' in r.stdout and 'at step 4; from step 4 on: lr_gamma 0.5 -> 0.9, steps 4 -> 6' in r.stdout
     records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
     assert records[-1]['lr'] == pytest.approx(2e-3 * 0.9 ** 5, rel=1e-9)
     change = {'step': 4, 'flags': {'lr_gamma': [0.5, 0.9], 'steps': [4, 6]}}
     assert [x.get('flag_changes') for x in records] == [None, None, [change]]  # the records after the resume
     assert torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)['meta']['flag_changes'] == [change]
-    r = run_script('mixmatch', *tiny_run_args(images, out, cache, steps=8), *flags, '0.9', '--resume', 'auto')
-    assert r.returncode == 0 and 'from step 6 on: --steps 6 -> 8' in r.stdout, r.stderr
+    r = run_script('mixmatch', *tiny_run_args(images, out, cache, steps=8), *flags, 'exponential:0.9', '--resume', 'auto')
+    assert r.returncode == 0 and 'from step 6 on: steps 6 -> 8' in r.stdout, r.stderr
     later = {'step': 6, 'flags': {'steps': [6, 8]}}  # a second resume adds its own change to the first
     assert torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)['meta']['flag_changes'] == [change, later]
 
@@ -175,7 +175,7 @@ def test_fixmatch_refuses_the_flags_of_mixmatchs_step(images, tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == 'error: --K: not read by fixmatch (see --help)'
     assert not os.path.exists(tmp_path / 'run')
     help_text = run_script('etc/fixmatch', '--help').stdout
-    assert '--strong-ops' in help_text and '--K ' not in help_text and '(FixMatch: 0.03)' in help_text
+    assert '--strong-ops' in help_text and '--K ' not in help_text and '[default: 0.03]' in help_text
 
 
 def test_rotate90_turns_each_image_by_its_own_quarter_turns():

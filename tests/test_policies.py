@@ -63,7 +63,7 @@ def test_adaptive_keeps_nothing_before_any_accuracy_and_can_follow_val():
     u = make_guess(probs([0.99, 0.98]))
     keep, th = policy_of('adaptive', []).mask(u, context(RT, train_acc=(0, 1)))
     assert not keep.any() and th.item() == 1.0
-    keep, _ = policy_of('adaptive', ['--acc-source', 'val']).mask(u, context(RT, train_acc=(0, 1), val_acc=(1, 2)))
+    keep, _ = policy_of('adaptive', ['--accuracy', 'val']).mask(u, context(RT, train_acc=(0, 1), val_acc=(1, 2)))
     assert keep.tolist() == [True, False]                                          # floor(2 * 1/2) = 1
 
 
@@ -73,7 +73,7 @@ def fraction(acc):
 
 def test_train_accuracy_window_seeded_as_session_431_weighs_the_last_batch_as_one_image():
     """The original: AverageMeter.update(last batch value, 1) at an epoch's start, then update(acc, B) per batch."""
-    acc = semisup.TrainAccuracy(torch.device('cpu'))                 # --acc-seed last-batch, the default
+    acc = semisup.TrainAccuracy(torch.device('cpu'))                 # --accuracy last-batch, the default
     assert fraction(acc) == [0, 1]                                   # the first window's seed is 0
     acc.add(torch.tensor(3), 4)
     assert fraction(acc) == [3, 5]                                   # (0 * 1 + 3) / (1 + 4)

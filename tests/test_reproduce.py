@@ -77,8 +77,8 @@ def test_v1_commands_are_the_first_releases_with_its_defaults_spelled_out():
     """The archived runs of the first release reproduce with these commands: its flags, plus the values its
     defaults had (train accuracy from the mixed rows, a window-mean seed)."""
     cmd = experiments.command('adaptive-ce-1', 0, 'quick-v1', 'cpu', 'runs/x')
-    assert ' '.join(cmd).startswith('adaptive/train.py --min-th 0.5 --lambda-u 1 --loss ce --train-acc mixed '
-                                    '--acc-seed window --n-labeled 250 --n-val 1000 --steps 1024')
+    assert ' '.join(cmd).startswith('adaptive/train.py --min-th 0.5 --lambda-u 1 --loss ce --accuracy mixed,window '
+                                    '--n-labeled 250 --n-val 1000 --steps 1024')
     assert not experiments.in_setup('mixmatch-75', 'quick-v1') and experiments.in_setup('mixmatch-75', 'quick')
 
 
@@ -425,7 +425,7 @@ def test_every_command_beside_a_readme_number_is_the_one_its_runs_ran():
         for info in done:
             seed = str(info['seed'])
             pasted = vars(train.get_args(shlex.split(command)[2:] + ['--seed', seed, '--split-seed', seed]))
-            ran = vars(train.get_args(shlex.split(info['command'])[2:]))
+            ran = vars(train.get_args(train.flags.upgrade(shlex.split(info['command'])[2:])))
             for key in ('out', 'resume', 'device', 'amp', 'preset'):
                 pasted.pop(key), ran.pop(key)
             assert pasted == ran, (entry, preset, seed, {k for k in ran if ran[k] != pasted[k]})

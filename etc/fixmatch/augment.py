@@ -17,7 +17,7 @@ PAD_FRACTION = 1 / 8  # pad-crop shifts by up to this fraction of the side: MixM
 
 
 def choose(name, image_size):
-    """Resolve --augment auto: MixMatch's pad-crop for small images, ImageNet-style random-resized-crop
+    """Resolve augment 'auto' (flags.DEFAULTS): MixMatch's pad-crop for small images, ImageNet-style random-resized-crop
     (as the original's 224 px pipeline) for large ones."""
     if name == 'auto':
         return 'rrc' if image_size >= RRC_MIN_SIZE else 'padcrop'

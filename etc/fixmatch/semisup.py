@@ -102,7 +102,7 @@ def lr_at(step, args):
 # =========================================================================================================
 class TrainAccuracy:
     """The running top-1 on the labeled batches of the current window of --acc-window steps (the original: one
-    epoch), as integer counts on the device, so that k = floor(B_u * acc) is exact. --acc-seed sets how a
+    epoch), as integer counts on the device, so that k = floor(B_u * acc) is exact. --accuracy sets how a
     window starts:
       last-batch  session 431's "last acc val update" (the paper's table 2): the previous window's last batch
                   accuracy enters the new window's mean with the weight of one image, as the original's
@@ -151,7 +151,7 @@ class TrainAccuracy:
         self.window.zero_()
 
     def load(self, saved):
-        """A saved state; the first release saved 4 counts (window-mean seed), which load under --acc-seed window."""
+        """A saved state; the first release saved 4 counts (window-mean seed), which load under --accuracy window."""
         if len(saved) == 4 and self.seed == 'window':
             zero, one = saved[0] * 0, saved[0] * 0 + 1
             saved = torch.stack([saved[0], saved[1], zero, zero, saved[2], saved[3], zero, one])

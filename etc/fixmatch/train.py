@@ -11,7 +11,6 @@ so a step forwards 64 + 2 x 448 images against MixMatch's 64 + 2 x 64 guessed an
 The shared modules of this folder are the method folders' (identical copies); this file holds FixMatch's flags
 and its training step, which the three scripts' loop (loop.py) runs.
 """
-import argparse
 import os
 import sys
 
@@ -35,22 +34,31 @@ NOT_READ = frozenset({'K', 'T', 'alpha', 'mix', 'loss', 'labeled_only', 'drop_un
 # =========================================================================================================
 # The method: FixMatch's flags and its pseudo-label rule
 # =========================================================================================================
+# FixMatch's CIFAR-10 settings, one line a knob (with flags.DEFAULTS, what a run without flags uses); the EMA of
+# the weights (0.999) is evaluated, as for the three methods.
+DEFAULTS = {
+    'threshold': 0.95,
+    'strong_ops': 2,
+    'strong_cutout': 0.5,
+    'optimizer': 'sgd',
+    'nesterov': True,
+    'lr': 0.03,
+    'wd': 5e-4,
+    'lr_schedule': 'cosine',        # cos(7 pi step / 16 steps)
+    'loss': 'ce',
+    'lambda_u': 1.0,
+    'unlabeled_batch_size': 448,    # mu B = 7 x 64
+}
+
+
 def add_method_flags(parser):
     g = parser.add_argument_group('FixMatch')
-    g.add_argument('--threshold', type=float, default=0.95,
+    g.add_argument('--threshold', type=float,
                    help='keep an unlabeled image iff the weak view\'s top probability is >= this (FixMatch: 0.95)')
-    g.add_argument('--strong-ops', type=int, default=2,
+    g.add_argument('--strong-ops', type=int,
                    help='RandAugment ops per strong view, each at a magnitude drawn per image (FixMatch: 2)')
-    g.add_argument('--strong-cutout', type=float, default=0.5,
+    g.add_argument('--strong-cutout', type=float,
                    help='CutOut after RandAugment, side as a fraction of the image side (FixMatch: 0.5; 0: off)')
-    # FixMatch's CIFAR-10 settings; the EMA of the weights (0.999) is evaluated, as for the three methods
-    flags.override(parser, optimizer=('sgd', 'adam: AdamW; sgd: SGD with momentum (FixMatch: sgd)'),
-                   nesterov=(True, 'SGD with Nesterov momentum (FixMatch: yes)'),
-                   lr=(0.03, 'learning rate (FixMatch: 0.03)'), wd=(5e-4, 'weight decay (FixMatch: 5e-4)'),
-                   lr_schedule=('cosine', 'constant, multistep, exponential, cosine (FixMatch: cos(7 pi step / 16 steps))'),
-                   lambda_u=(1.0, 'weight of the unlabeled cross-entropy (FixMatch: 1)'),
-                   unlabeled_batch_size=(448, 'unlabeled images per step and process (FixMatch: mu B = 7 x 64)'),
-                   loss=('ce', argparse.SUPPRESS))
     return g
 
 
@@ -78,7 +86,7 @@ POLICIES = {'confidence': Confidence}
 
 
 def get_args(argv=None):
-    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, NOT_READ)
+    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, DEFAULTS, NOT_READ)
 
 
 # =========================================================================================================

@@ -11,7 +11,6 @@ no mixup. The study tried it ("too slow"); here it runs on equal terms with MixM
 The shared modules of this folder are the method folders' (identical copies); this file holds Mean Teacher's
 flags and its training step, which the three scripts' loop (loop.py) runs.
 """
-import argparse
 import math
 import os
 import sys
@@ -36,11 +35,15 @@ NOT_READ = frozenset({'K', 'T', 'alpha', 'mix', 'loss', 'labeled_only', 'drop_un
 # =========================================================================================================
 # The method: Mean Teacher's flags and its consistency weight
 # =========================================================================================================
+# Mean Teacher's settings, one line a knob (with flags.DEFAULTS, what a run without flags uses).
+DEFAULTS = {
+    'lambda_u': 100.0,        # the consistency MSE's weight, averaged over classes (Mean Teacher's CIFAR-10)
+    'rampup_steps': 16000,    # the sigmoid ramp-up's length: MixMatch's ramp length
+    'loss': 'mse',
+}
+
+
 def add_method_flags(parser):
-    flags.override(parser, lambda_u=(100.0, 'weight of the consistency MSE, averaged over classes (Mean Teacher\'s '
-                                            'CIFAR-10: 100)'),
-                   rampup_steps=(16000, 'steps of the sigmoid ramp-up of the weight (MixMatch\'s ramp length)'),
-                   loss=('mse', argparse.SUPPRESS))
     return parser.add_argument_group('Mean Teacher')
 
 
@@ -67,7 +70,7 @@ POLICIES = {'consistency': Consistency}
 
 
 def get_args(argv=None):
-    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, NOT_READ)
+    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, DEFAULTS, NOT_READ)
 
 
 # =========================================================================================================

@@ -33,8 +33,10 @@ NOT_READ = frozenset({'K', 'T', 'alpha', 'mix', 'loss', 'lambda_u', 'rampup_step
                       'guess_views'})
 
 
+DEFAULTS = {'loss': 'ce'}  # not read; names the default run directory
+
+
 def add_method_flags(parser):
-    parser.set_defaults(loss='ce')  # not read; names the default run directory
     return parser.add_argument_group('RotNet pretraining')
 
 
@@ -46,7 +48,7 @@ POLICIES = {'none': Policy}  # no pseudo-labels; the interface's empty policy ke
 
 
 def get_args(argv=None):
-    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, NOT_READ)
+    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, DEFAULTS, NOT_READ)
 
 
 def all_rotations(images):

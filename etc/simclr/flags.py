@@ -1,7 +1,7 @@
-"""The flags every script shares, the defaults that depend on other flags, and the checks: a bad value, or a
-flag that would change nothing in the combination given, ends with one line and exit code 2. A script adds
-its family's flags and names its policies (see parse()). Shared module (identical copies in every method
-folder)."""
+"""The flags every script shares, their defaults (DEFAULTS: one line a knob), the defaults that follow another
+flag (FOLLOWS), and the checks: a bad value, or a flag that would change nothing in the combination given, ends
+with one line and exit code 2. A script adds its family's flags, its own DEFAULTS and its policies (see parse()).
+Shared module (identical copies in every method folder)."""
 import argparse
 import os
 
@@ -12,10 +12,90 @@ import semisup
 from errors import UserError
 
 # What --evaluate reads from the command line; everything else comes from the checkpoint.
-EVALUATE_FLAGS = {'evaluate', 'data_root', 'download', 'cache_dir', 'device', 'eval_batch_size'}
+EVALUATE_FLAGS = {'evaluate', 'data_root', 'download', 'cache_dir', 'device'}
 # What plays no part when no unlabeled image is guessed (--labeled-only), besides the family's flags.
 UNLABELED_FLAGS = {'K', 'T', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start', 'unlabeled_batch_size',
-                   'drop_unkept', 'policy', 'train_acc', 'rot_weight', 'guess_views'}
+                   'drop_unkept', 'policy', 'train_acc', 'acc_source', 'rot_weight', 'guess_views'}
+
+# What every script runs with, one line a knob, unless its own DEFAULTS (top of its train.py) or the command line
+# says otherwise; --help shows each value in use. None: it follows other flags (FOLLOWS, finish_args). The knobs
+# marked "no flag" are set here alone (no preset, session or test of the study changes them).
+DEFAULTS = {
+    # data
+    'dataset': 'fashion_mnist',
+    'data_root': None,            # fashion_mnist: the Debian package's folder, else ./data
+    'download': False,
+    'n_labeled': None,            # 250; a folder: every labeled image
+    'n_val': None,                # min(5000, 10%)
+    'split_seed': 0,
+    'image_size': None,           # a folder's own size up to 64 px, else 96
+    'num_classes': None,          # the largest label + 1, or the class folders
+    'cache_dir': os.path.join(os.path.expanduser('~'), '.cache', 'adthmix'),
+    'augment': 'auto',            # no flag: pad-crop + flip below 64 px, random-resized-crop + flip above
+    'randaugment': None,
+    'augmix': 0,
+    'cutout': 0,
+    'guess_views': 'augmented',
+    # model
+    'arch': 'wrn28_2',
+    'pretrained': False,
+    'bn_momentum': 0.01,          # no flag: the original's (MixMatch's: 0.001)
+    # MixMatch's step
+    'K': 2,
+    'T': 0.5,
+    'alpha': 0.75,
+    'mix': 'mixup',
+    'loss': 'mse',
+    'lambda_u': None,             # follows --loss
+    'rampup_steps': 0,
+    'rampup_start': 0.0,
+    'labeled_only': False,
+    'rot_weight': 0,
+    'drop_unkept': False,
+    # optimization
+    'optimizer': 'adam',
+    'lr': None,                   # follows --optimizer
+    'wd': None,                   # no flag; follows --optimizer
+    'momentum': 0.9,              # no flag: SGD's (the original's)
+    'nesterov': False,            # no flag: SGD without Nesterov (the original's)
+    'lr_schedule': 'constant',
+    'lr_milestones': None,        # --lr-schedule multistep:S1,S2[:FACTOR]
+    'lr_factor': 0.5,
+    'lr_gamma': None,             # --lr-schedule exponential:GAMMA
+    'batch_size': 64,
+    'unlabeled_batch_size': None,  # --batch-size
+    'ema_decay': 0.999,
+    'steps': 65536,
+    'eval_every': 1024,
+    'test_when': 'val-improves',
+    'print_every': 100,
+    'eval_batch_size': 1000,      # no flag: images per evaluation forward pass
+    # the accuracy the adaptive policies follow (--accuracy, --acc-window)
+    'acc_source': 'train',
+    'train_acc': 'clean',
+    'acc_seed': 'last-batch',
+    'acc_window': None,           # the original's epoch: --steps / 300
+    # run
+    'preset': None,
+    'out': None,
+    'resume': None,
+    'evaluate': None,
+    'init': None,
+    'seed': 0,
+    'device': 'auto',
+    'amp': 'auto',
+    'compile': 'off',
+}
+
+# Defaults that follow another flag where DEFAULTS (or the script's) leaves them None: dest -> (flag, {value: default}).
+FOLLOWS = {
+    'lambda_u': ('loss', {'mse': 75.0, 'ce': 1.0}),  # MixMatch's weight for MSE; the paper's for cross-entropy
+    'lr': ('optimizer', {'adam': 2e-3, 'sgd': 5e-4}),  # MixMatch's AdamW; the original's SGD
+    'wd': ('optimizer', {'adam': 0.02, 'sgd': 4e-4}),
+}
+
+# --accuracy takes up to one word of each kind, in any order: dest -> its words (the first is the default).
+ACCURACY = {'acc_source': ('train', 'val'), 'train_acc': ('clean', 'mixed'), 'acc_seed': ('last-batch', 'none', 'window')}
 
 
 # The reproduction presets: a run's length and the schedule flags that scale with it, one rule for every method
@@ -54,16 +134,24 @@ def preset_flags(name, ramp=None):
 SCRIPT_FLAGS = {
     'mixmatch/train.py': ('--mixed-threshold', '--lambda-t'),
     'fixed/train.py': ('--threshold', '--threshold-end', '--schedule-steps', '--lambda-pi', '--confidence'),
-    'adaptive/train.py': ('--min-th', '--acc-source', '--confidence', '--warm-threshold', '--warm-until',
-                          '--extra-draws', '--flex-threshold', '--flex-warmup', '--free-momentum'),
+    'adaptive/train.py': ('--min-th', '--confidence', '--warm-threshold', '--warm-until', '--extra-draws',
+                          '--flex-threshold', '--flex-warmup', '--free-momentum'),
     'etc/fixmatch/train.py': ('--threshold', '--strong-ops', '--strong-cutout'),
     'etc/simclr/train.py': ('--temperature', '--projection-dim', '--projection-hidden', '--crop-area', '--view-ops'),
 }
 
+# Flags of earlier releases: what says the same now. upgrade() rewrites an archived command with them; given to a
+# script, each is refused with its new spelling.
+RENAMED = {'--acc-source': '--accuracy', '--train-acc': '--accuracy', '--acc-seed': '--accuracy',
+           '--lr-milestones': '--lr-schedule multistep:S1,S2[:FACTOR]', '--lr-factor': '--lr-schedule multistep:S1,S2:FACTOR',
+           '--lr-gamma': '--lr-schedule exponential:GAMMA'}
+NO_LONGER_FLAGS = {'--bn-momentum': 'bn_momentum', '--eval-batch-size': 'eval_batch_size', '--nesterov': 'nesterov',
+                   '--momentum': 'momentum', '--wd': 'wd', '--augment': 'augment'}
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag ends with one line on stderr and exit code 2 (no usage dump); a flag of another
-    script says which script has it."""
+    script says which script has it, a flag of an earlier release what replaced it."""
 
     def error(self, message):
         if message.startswith('unrecognized arguments:'):
@@ -72,122 +160,123 @@ class OneLineParser(argparse.ArgumentParser):
                 if scripts:
                     message = f'{name} is a flag of {" and ".join(scripts)}, not of this script'
                     break
+                if name in RENAMED:
+                    message = f'{name} is now {RENAMED[name]}'
+                    break
+                if name in NO_LONGER_FLAGS:
+                    message = f'{name} is no longer a flag: edit \'{NO_LONGER_FLAGS[name]}\' in flags.DEFAULTS'
+                    break
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
 def common_parser():
-    p = OneLineParser(add_help=False)
+    """The shared flags, without defaults (argument_default=SUPPRESS): a parse holds only the flags given."""
+    p = OneLineParser(add_help=False, argument_default=argparse.SUPPRESS)
     g = p.add_argument_group('data')
-    g.add_argument('--dataset', default='fashion_mnist', choices=data.DATASETS,
+    g.add_argument('--dataset', choices=data.DATASETS,
                    help='fashion_mnist (the public stand-in), a torchvision dataset, or folder (your images)')
-    g.add_argument('--data-root', default=None, metavar='DIR',
-                   help=f'dataset location (default: {data.FASHION_MNIST_SYSTEM_DIR} for fashion_mnist, else ./data)')
+    g.add_argument('--data-root', metavar='DIR',
+                   help=f'dataset location (fashion_mnist: {data.FASHION_MNIST_SYSTEM_DIR} unless given, else ./data)')
     g.add_argument('--download', action='store_true',
                    help='let torchvision download the dataset or ImageNet weights (never done otherwise)')
-    g.add_argument('--n-labeled', type=int, default=None,
-                   help='labeled training images, class-balanced (default 250; folder: all; the paper: ~13k, 4k)')
-    g.add_argument('--n-val', type=int, default=None,
-                   help='validation images held out of the labeled ones (default min(5000, 10%%); original: 20%%)')
-    g.add_argument('--split-seed', type=int, default=0, help='seed of the labeled / validation / unlabeled split')
-    g.add_argument('--image-size', type=int, default=None,
-                   help=f'folder datasets: side in px (default: their own if none is over {data.OWN_SIZE_MAX} px, '
-                        f'else {data.LARGE_SIZE}; the original: 224)')
-    g.add_argument('--num-classes', type=int, default=None,
-                   help='folder datasets: number of classes (default: largest label + 1, or the class folders)')
-    g.add_argument('--cache-dir', default=os.path.join(os.path.expanduser('~'), '.cache', 'adthmix'),
-                   help='folder datasets: where the decoded uint8 images are cached')
-    g.add_argument('--augment', default='auto', choices=augment.AUGMENTATIONS,
-                   help=f'auto: pad-crop + flip below {augment.RRC_MIN_SIZE} px, random-resized-crop + flip above')
-    g.add_argument('--randaugment', default=None, type=randaugment_value, metavar='N,M',
+    g.add_argument('--n-labeled', type=int,
+                   help='labeled training images, class-balanced (a folder: all of them; the paper: ~13k, 4k)')
+    g.add_argument('--n-val', type=int,
+                   help='validation images held out of the labeled ones (min(5000, 10%%) unless given; original: 20%%)')
+    g.add_argument('--split-seed', type=int, help='seed of the labeled / validation / unlabeled split')
+    g.add_argument('--image-size', type=int,
+                   help=f'folder datasets: side in px (unless given: their own up to {data.OWN_SIZE_MAX} px, else '
+                        f'{data.LARGE_SIZE}; original: 224)')
+    g.add_argument('--num-classes', type=int,
+                   help='folder datasets: number of classes (the largest label + 1, or the class folders, unless given)')
+    g.add_argument('--cache-dir', help='folder datasets: where the decoded uint8 images are cached')
+    g.add_argument('--randaugment', type=randaugment_value, metavar='N,M',
                    help='RandAugment after crop and flip: N ops per image at magnitude M of 0-30 (notes: 2,9 2,5 2,3)')
-    g.add_argument('--augmix', type=int, default=0, metavar='SEVERITY',
+    g.add_argument('--augmix', type=int, metavar='SEVERITY',
                    help=f'after crop and flip: AugMix without its JSD loss, severity 1-{augment.AUGMIX_MAX_SEVERITY} '
                         '(the reference: 3; 0: off)')
-    g.add_argument('--cutout', type=int, default=0, metavar='PX',
+    g.add_argument('--cutout', type=int, metavar='PX',
                    help='CutOut, last: a PX x PX square per image set to 0 (DeVries & Taylor: 16 on 32 px; 0: off)')
-    g.add_argument('--guess-views', default='augmented', choices=('augmented', 'weak'),
+    g.add_argument('--guess-views', choices=('augmented', 'weak'),
                    help='views the guess is made from: those that train, or crop + flip alone (436-438\'s code)')
 
     g = p.add_argument_group('model')
-    g.add_argument('--arch', default='wrn28_2', choices=models.ARCHS,
-                   help='network (MixMatch\'s WRN-28-2 by default; the paper: efficientnet_b3)')
+    g.add_argument('--arch', choices=models.ARCHS,
+                   help='network (MixMatch\'s WRN-28-2; the paper: efficientnet_b3)')
     g.add_argument('--pretrained', action='store_true',
                    help='start from torchvision\'s ImageNet weights in the local torch cache (the paper did)')
-    g.add_argument('--bn-momentum', type=float, default=0.01,
-                   help='BatchNorm running-statistics momentum per step (MixMatch: 0.001, the original: 0.01)')
 
     g = p.add_argument_group('MixMatch')
-    g.add_argument('--K', type=int, default=2, help='augmentations per unlabeled image for the guess (paper: 2)')
-    g.add_argument('--T', type=float, default=0.5, help='sharpening temperature of the guess (paper: 0.5)')
-    g.add_argument('--alpha', type=float, default=0.75,
+    g.add_argument('--K', type=int, help='augmentations per unlabeled image for the guess (paper: 2)')
+    g.add_argument('--T', type=float, help='sharpening temperature of the guess (paper: 0.5)')
+    g.add_argument('--alpha', type=float,
                    help='mixup Beta(alpha, alpha), lambda = max(l, 1 - l) (paper: 0.75; 0: no mixup)')
-    g.add_argument('--mix', default='mixup', choices=semisup.MIXES,
+    g.add_argument('--mix', choices=semisup.MIXES,
                    help='mixup (MixMatch) or cutmix: a box of 1 - lambda of the partner per row, targets by area')
     g.add_argument('--loss', choices=('mse', 'ce'),
                    help='unlabeled loss on the kept mixed rows: mse (MixMatch) or ce (soft cross-entropy, the paper)')
-    g.add_argument('--lambda-u', type=float, default=None,
-                   help='unlabeled loss weight (default 75 with mse, MixMatch\'s; 1 with ce, the paper\'s)')
-    g.add_argument('--rampup-steps', type=int, default=0,
+    g.add_argument('--lambda-u', type=float,
+                   help='unlabeled loss weight (unless given: 75 with --loss mse, MixMatch\'s; 1 with ce, the paper\'s)')
+    g.add_argument('--rampup-steps', type=int,
                    help='steps over which the unlabeled weight rises linearly to --lambda-u (0: constant from step 0)')
-    g.add_argument('--rampup-start', type=float, default=0.0,
+    g.add_argument('--rampup-start', type=float,
                    help='the ramp\'s start, a fraction of --lambda-u (the original MixMatch: 0.05, for 19/300 of it)')
     g.add_argument('--labeled-only', action='store_true',
                    help='baseline: the same step on the labeled images alone; no unlabeled image is guessed or mixed')
-    g.add_argument('--rot-weight', type=float, default=0,
+    g.add_argument('--rot-weight', type=float,
                    help='RotNet loss: a 4-way rotation head on a rotated view per unlabeled image (191: 1, 192: 10)')
     g.add_argument('--drop-unkept', action='store_true',
                    help='remove unkept images from the batch, as the original (variable shapes), instead of masking')
 
-    g = p.add_argument_group('optimization')
-    g.add_argument('--optimizer', default='adam', choices=('adam', 'sgd'),
-                   help='adam: AdamW, decoupled decay (MixMatch); sgd: SGD with momentum, coupled decay (the original)')
-    g.add_argument('--lr', type=float, default=None, help='learning rate (default: adam 2e-3; sgd 5e-4, the original)')
-    g.add_argument('--wd', type=float, default=None,
-                   help='weight decay (default: adam 0.02, MixMatch\'s; sgd 4e-4, the original)')
-    g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (the original: 0.9)')
-    g.add_argument('--nesterov', action='store_true', help='SGD with Nesterov momentum (FixMatch; the original: no)')
-    g.add_argument('--lr-schedule', default='constant', choices=semisup.LR_SCHEDULES,
-                   help='constant (the original), multistep (348, 387), exponential, cosine (FixMatch\'s)')
-    g.add_argument('--lr-milestones', default=None, type=int_list, metavar='S1,S2,...',
-                   help='multistep: the steps at which the learning rate is multiplied by --lr-factor')
-    g.add_argument('--lr-factor', type=float, default=0.5, help='multistep: factor at each milestone (the notes: 0.5)')
-    g.add_argument('--lr-gamma', type=float, default=None,
-                   help='exponential: factor per step (e.g. 0.99995: x0.04 over 65,536 steps)')
-    g.add_argument('--batch-size', type=int, default=64,
+    g = p.add_argument_group('optimization', 'The learning rate is multiplied by FACTOR (0.5 unless given) at each '
+                             'step Si with\n--lr-schedule multistep, by GAMMA every step with exponential.')
+    g.add_argument('--optimizer', choices=('adam', 'sgd'),
+                   help='adam: AdamW, decoupled decay (MixMatch); sgd: SGD, momentum 0.9, coupled decay (the original)')
+    g.add_argument('--lr', type=float,
+                   help='learning rate (unless given: adam 2e-3; sgd 5e-4, the original; weight decay follows too)')
+    g.add_argument('--lr-schedule', type=lr_schedule_value, metavar='|'.join(semisup.LR_SCHEDULES),
+                   help='constant (the original), multistep:S1,S2[:FACTOR] (348, 387), exponential:GAMMA, cosine '
+                        '(FixMatch\'s)')
+    g.add_argument('--batch-size', type=int,
                    help='labeled images per step and process (MixMatch: 64; the original: 20)')
-    g.add_argument('--unlabeled-batch-size', type=int, default=None,
-                   help='unlabeled images per step and process, before the K views (default: --batch-size; orig.: 50)')
-    g.add_argument('--ema-decay', type=float, default=0.999,
+    g.add_argument('--unlabeled-batch-size', type=int,
+                   help='unlabeled images per step and process, before the K views (unless given: --batch-size; '
+                        'orig.: 50)')
+    g.add_argument('--ema-decay', type=float,
                    help='decay per step of the evaluated EMA of the weights (MixMatch: 0.999; 0: none, the original)')
-    g.add_argument('--steps', type=int, default=65536, help='optimizer steps in all (MixMatch: 2^20)')
-    g.add_argument('--eval-every', type=int, default=1024, help='steps between evaluations and checkpoints')
-    g.add_argument('--acc-window', type=int, default=None,
-                   help='steps of each train-accuracy window (default: the original\'s epoch, --steps / 300, rounded)')
-    g.add_argument('--acc-seed', default='last-batch', choices=('last-batch', 'none', 'window'),
-                   help='a window starts from the last batch as one image (431), empty (401), or the window mean (v1)')
-    g.add_argument('--train-acc', default='clean', choices=('clean', 'mixed'),
-                   help='train accuracy: a forward of the unmixed labeled batch after the step (original), or mixed')
-    g.add_argument('--print-every', type=int, default=100, help='steps between progress lines')
-    g.add_argument('--test-when', default='val-improves', choices=('val-improves', 'every-eval'),
+    g.add_argument('--steps', type=int, help='optimizer steps in all (MixMatch: 2^20)')
+    g.add_argument('--eval-every', type=int, help='steps between evaluations and checkpoints')
+    g.add_argument('--print-every', type=int, help='steps between progress lines')
+    g.add_argument('--test-when', choices=('val-improves', 'every-eval'),
                    help='test set: when val top-1 improves and at the end, or at every evaluation (median of 20)')
 
+    g = p.add_argument_group(
+        'the accuracy adaptive policies follow',
+        'The running top-1 on the labeled batches (train) or the last val top-1 (val). The train accuracy is read\n'
+        'from a forward of the unmixed labeled batch after the step (clean, the original) or from the mixed rows\n'
+        'of the step (mixed), over windows of --acc-window steps; a window starts from the last batch counted as\n'
+        'one image (last-batch, session 431), empty (none, 401) or from the window mean (window, the first release).')
+    g.add_argument('--accuracy', type=accuracy_value, metavar='WORD[,WORD...]',
+                   help='any of train|val, clean|mixed, last-batch|none|window (the first of each unless given)')
+    g.add_argument('--acc-window', type=int,
+                   help='steps of each train-accuracy window (the original\'s epoch, --steps / 300 rounded, unless given)')
+
     g = p.add_argument_group('run')
-    g.add_argument('--preset', default=None, choices=sorted(PRESETS),
+    g.add_argument('--preset', choices=sorted(PRESETS),
                    help='a reproduction preset: its length and schedule flags (README), unless given on their own')
-    g.add_argument('--out', default=None, metavar='DIR',
-                   help='run directory (default: runs/<method>-<dataset>-<labels>-<arch>-<flags that matter>-s<seed>)')
-    g.add_argument('--resume', default=None, metavar='auto|PATH',
+    g.add_argument('--out', metavar='DIR',
+                   help='run directory (runs/<method>-<dataset>-<labels>-<arch>-<flags that matter>-s<seed> unless given)')
+    g.add_argument('--resume', metavar='auto|PATH',
                    help='auto: continue <out>/checkpoint.pt if there is one, else start; PATH: continue that file')
-    g.add_argument('--evaluate', default=None, metavar='PATH',
+    g.add_argument('--evaluate', metavar='PATH',
                    help='only print the fp32 test top-1/top-5 of a checkpoint (any method\'s)')
-    g.add_argument('--init', default=None, metavar='PATH',
+    g.add_argument('--init', metavar='PATH',
                    help='start from a checkpoint\'s weights (same --arch; a head of other classes starts anew)')
-    g.add_argument('--seed', type=int, default=0, help='seed of initialization, sampling and augmentation')
-    g.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto: cuda if available')
-    g.add_argument('--amp', default='auto', choices=('auto', 'bf16', 'fp16', 'off'),
+    g.add_argument('--seed', type=int, help='seed of initialization, sampling and augmentation')
+    g.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='auto: cuda if available')
+    g.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'off'),
                    help='autocast precision of training; auto: bf16 where it is fast (CUDA, AVX512-BF16/AMX), else off')
-    g.add_argument('--eval-batch-size', type=int, default=1000, help='images per evaluation forward pass')
-    g.add_argument('--compile', default='off', choices=('off', 'default', 'reduce-overhead'),
+    g.add_argument('--compile', choices=('off', 'default', 'reduce-overhead'),
                    help='torch.compile the model: default (inductor) or reduce-overhead (inductor + CUDA graphs)')
     return p
 
@@ -208,17 +297,91 @@ def randaugment_value(text):
     return n_m
 
 
-def override(parser, **defaults):
-    """A script's own defaults for shared flags, with the help that says so: dest=(default, help)."""
-    for action in parser._actions:
-        if action.dest in defaults:
-            action.default, action.help = defaults[action.dest]
-            parser.set_defaults(**{action.dest: action.default})
+def lr_schedule_value(text):
+    """--lr-schedule NAME[:PARAMETERS] -> the settings it gives, {dest: value}."""
+    name, _, rest = text.partition(':')
+    if name not in semisup.LR_SCHEDULES:
+        raise argparse.ArgumentTypeError(f'expected one of {", ".join(semisup.LR_SCHEDULES)}, got {text!r}')
+    try:
+        if name == 'multistep' and rest:
+            steps, _, factor = rest.partition(':')
+            return {'lr_schedule': name, 'lr_milestones': int_list(steps), **({'lr_factor': float(factor)} if factor
+                                                                              else {})}
+        if name == 'exponential' and rest:
+            return {'lr_schedule': name, 'lr_gamma': float(rest)}
+    except (ValueError, argparse.ArgumentTypeError):
+        pass
+    else:
+        if not rest:
+            return {'lr_schedule': name}
+    raise argparse.ArgumentTypeError(f'{text!r}: expected constant, cosine, multistep:S1,S2[:FACTOR] or '
+                                     'exponential:GAMMA')
+
+
+def accuracy_value(text):
+    """--accuracy WORD[,WORD...]: at most one word of each kind of ACCURACY -> {dest: value}."""
+    values = {}
+    for word in text.split(','):
+        dest = next((d for d, words in ACCURACY.items() if word in words), None)
+        if dest is None or dest in values:
+            raise argparse.ArgumentTypeError(
+                f'{text!r}: expected at most one of each of ' + '; '.join('|'.join(w) for w in ACCURACY.values()))
+        values[dest] = word
+    return values
+
+
+def spelled(dest):
+    """How the command line gives a setting: its flag, or --accuracy's words for the settings it folds."""
+    return f'--accuracy {"|".join(ACCURACY[dest])}' if dest in ACCURACY else '--' + dest.replace('_', '-')
+
+
+def expand(given):
+    """The flags given, {dest: value}, with the settings of --lr-schedule and --accuracy each under its own dest."""
+    out = {}
+    for dest, value in given.items():
+        out.update(value if dest in ('lr_schedule', 'accuracy') else {dest: value})
+    return out
+
+
+def upgrade(argv):
+    """A command of an earlier release (list of arguments) in today's flags: --acc-source, --train-acc and --acc-seed
+    become --accuracy; --lr-milestones, --lr-factor and --lr-gamma join --lr-schedule, each where the first of the
+    flags it replaces stood. The run is the same."""
+    out, words, parts, at = [], [], {}, {}
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition('=')
+        if name in RENAMED or name == '--lr-schedule':
+            if not eq:
+                i, value = i + 1, argv[i + 1]
+            kind = '--accuracy' if RENAMED.get(name) == '--accuracy' else '--lr-schedule'
+            if kind not in at:
+                at[kind] = len(out)
+                out.append(kind)
+            if kind == '--accuracy':
+                words.append(value)
+            else:
+                parts[name] = value
+        else:
+            out.append(argv[i])
+        i += 1
+    schedule = parts.get('--lr-schedule')
+    if schedule == 'multistep' and '--lr-milestones' in parts:
+        schedule += ':' + parts['--lr-milestones'] + (':' + parts['--lr-factor'] if '--lr-factor' in parts else '')
+    elif schedule == 'exponential' and '--lr-gamma' in parts:
+        schedule += ':' + parts['--lr-gamma']
+    values = {'--accuracy': ','.join(words), '--lr-schedule': schedule}
+    for kind in sorted(at, key=at.get, reverse=True):  # from the back, so that the positions still hold
+        if values[kind]:
+            out.insert(at[kind] + 1, values[kind])
+        else:  # --lr-milestones without --lr-schedule: it did nothing then (refused since), nothing now
+            del out[at[kind]]
+    return out
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help ends each flag's line with the value this script runs with when no flag is given ([default: 75]),
-    the one finish_args resolves from the others (the family's lambda_u, --steps / 300 for --acc-window), not None."""
+    as finish_args resolves it from the others (the family's lambda_u, --steps / 300 for --acc-window), not None."""
     defaults = {}
 
     def _get_help_string(self, action):
@@ -230,37 +393,47 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f'{action.help} [default: {shown.replace("%", "%%")}]'
 
 
-def build_parser(description, add_method_flags, policies, not_read=frozenset()):
+def build_parser(description, add_method_flags, policies, defaults=None, not_read=frozenset()):
     """The shared flags, then the family's (add_method_flags returns its argument group) and --policy. The shared
     flags in not_read (a script that does not use them) are left out of --help; --help shows every other flag's
-    default as this script resolves it."""
-    parser = OneLineParser(description=description, parents=[common_parser()],
+    default as this script resolves it (DEFAULTS, then the script's defaults, then finish_args)."""
+    parser = OneLineParser(description=description, parents=[common_parser()], argument_default=argparse.SUPPRESS,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     group = add_method_flags(parser)
-    group.add_argument('--policy', default=next(iter(policies)), choices=list(policies),
+    group.add_argument('--policy', choices=list(policies),
                        help='which of this family\'s policies decides the kept images (classes in train.py)')
+    parser.inline_defaults = {}  # a flag added with default=... (as etc/policies.md shows) has it there
     for action in parser._actions:
         if action.dest in not_read:
             action.help = argparse.SUPPRESS
-    resolved = vars(finish_args(parser.parse_args([]), None))
+        if action.default is not argparse.SUPPRESS and action.dest != 'help':
+            parser.inline_defaults[action.dest], action.default = action.default, argparse.SUPPRESS
+    values = script_defaults(parser, defaults, policies)
+    missing = {a.dest for a in parser._actions} - set(values) - {'help', 'accuracy'}
+    assert not missing, f'no default for {", ".join(sorted(missing))}: give it in the script\'s DEFAULTS'
+    resolved = vars(finish_args(argparse.Namespace(**values), None))
+    resolved['accuracy'] = ','.join(resolved[dest] for dest in ACCURACY)
     parser.formatter_class = type('ScriptDefaults', (DefaultsHelpFormatter,), {'defaults': resolved})
     return parser
 
 
-def parse(argv, description, method, add_method_flags, check_method_args, policies, not_read=frozenset()):
-    """The script's args, filled in and checked. not_read: the shared flags the script does not use (refused)."""
-    parser = build_parser(description, add_method_flags, policies, not_read)
-    shared = set(vars(common_parser().parse_args([])))
-    args = parser.parse_args(argv)
-    unset = object()  # a second parse over a namespace of markers tells which flags the command line gave
-    given = {k for k, v in vars(parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))).items()
-             if v is not unset}
-    family = set(vars(args)) - shared - {'policy'}
+def script_defaults(parser, defaults, policies):
+    """Every setting's value before the command line: DEFAULTS, then the script's (its DEFAULTS, or a default= in
+    add_method_flags); --policy: the script's first policy unless its DEFAULTS names another."""
+    return {**DEFAULTS, 'policy': next(iter(policies)), **parser.inline_defaults, **(defaults or {})}
+
+
+def parse(argv, description, method, add_method_flags, check_method_args, policies, defaults, not_read=frozenset()):
+    """The script's args, filled in and checked. defaults: the script's DEFAULTS (its family's flags and what it
+    changes of the shared ones); not_read: the shared flags the script does not use (refused)."""
+    parser = build_parser(description, add_method_flags, policies, defaults, not_read)
+    given = expand(vars(parser.parse_args(argv)))  # only what the command line gave: the parser has no defaults
+    args = argparse.Namespace(**{**script_defaults(parser, defaults, policies), **given})
+    family = set(vars(args)) - set(DEFAULTS) - {'policy'}
     policy = policies[args.policy]
-    if given & not_read:
-        raise UserError(f'{", ".join(sorted("--" + k.replace("_", "-") for k in given & not_read))}: not read by '
-                        f'{method} (see --help)')
-    refuse_flags_without_effect(args, given, family, set(policy.FLAGS), policy.reads_train_acc(args))
+    if set(given) & not_read:
+        raise UserError(f'{", ".join(sorted(map(spelled, set(given) & not_read)))}: not read by {method} (see --help)')
+    refuse_flags_without_effect(args, set(given), family, set(policy.FLAGS), policy.reads_train_acc(args))
     if args.preset:  # the flags given on the command line win over the preset's
         ramp = None if args.labeled_only else {'mixmatch': 'original', 'meanteacher': 'length'}.get(method)
         for dest, value in preset_flags(args.preset, ramp).items():
@@ -273,46 +446,38 @@ def parse(argv, description, method, add_method_flags, check_method_args, polici
 
 def refuse_flags_without_effect(args, given, family, read_by_policy, reads_train_acc):
     """A flag given on the command line that would change nothing is an error: the user meant something."""
-    flag = lambda dest: '--' + dest.replace('_', '-')  # noqa: E731
     if args.evaluate:
         rules = [(True, given - EVALUATE_FLAGS, 'with --evaluate, which takes it from the checkpoint (it reads only '
-                  + ', '.join(sorted('--' + f.replace('_', '-') for f in EVALUATE_FLAGS - {'evaluate'})) + ')')]
+                  + ', '.join(sorted(map(spelled, EVALUATE_FLAGS - {'evaluate'}))) + ')')]
     else:
         rules = [
             (args.labeled_only, given & (UNLABELED_FLAGS | family),
              'with --labeled-only: no unlabeled image is guessed or trained on'),
             (True, given & (family - read_by_policy), f'with --policy {args.policy}, which does not read it'),
+            ('acc_source' not in read_by_policy, given & {'acc_source'},
+             f'with --policy {args.policy}, which does not read it'),
             (not reads_train_acc, given & {'train_acc'},
              f'with --policy {args.policy} as given, which does not read the train accuracy'),
             (args.rampup_steps == 0, given & {'rampup_start'}, 'with --rampup-steps 0 (a constant weight)'),
-            (args.optimizer == 'adam', given & {'momentum', 'nesterov'},
-             'with --optimizer adam (AdamW); use --optimizer sgd'),
             (args.dataset != 'folder', given & {'image_size', 'num_classes', 'cache_dir'},
              f'with --dataset {args.dataset}: only --dataset folder decodes images'),
             (args.dataset == 'folder' and not args.pretrained, given & {'download'},
              'with --dataset folder and no --pretrained: there is nothing to download'),
-            (args.lr_schedule != 'multistep', given & {'lr_milestones', 'lr_factor'},
-             f'with --lr-schedule {args.lr_schedule}; use --lr-schedule multistep'),
-            (args.lr_schedule != 'exponential', given & {'lr_gamma'},
-             f'with --lr-schedule {args.lr_schedule}; use --lr-schedule exponential'),
             (args.alpha == 0, given & {'mix'}, 'with --alpha 0 (no mixing)'),
             (not (args.randaugment or args.augmix or args.cutout), given & {'guess_views'},
              'without --randaugment, --augmix or --cutout (the views are crop + flip alone)'),
         ]
-    for applies, flags, why in rules:
-        if applies and flags:
-            verb = 'has' if len(flags) == 1 else 'have'
-            raise UserError(f'{", ".join(sorted(map(flag, flags)))} {verb} no effect {why}')
+    for applies, dests, why in rules:
+        if applies and dests:
+            verb = 'has' if len(dests) == 1 else 'have'
+            raise UserError(f'{", ".join(sorted(map(spelled, dests)))} {verb} no effect {why}')
 
 
 def finish_args(args, method):
-    """Fill the defaults that depend on other flags and reject out-of-range values (one line, exit 2)."""
-    if args.lambda_u is None:
-        args.lambda_u = 75.0 if args.loss == 'mse' else 1.0
-    if args.lr is None:
-        args.lr = 2e-3 if args.optimizer == 'adam' else 5e-4
-    if args.wd is None:
-        args.wd = 0.02 if args.optimizer == 'adam' else 4e-4
+    """Fill the defaults that follow other flags and reject out-of-range values (one line, exit 2)."""
+    for dest, (flag, values) in FOLLOWS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, values[getattr(args, flag)])
     if args.unlabeled_batch_size is None:
         args.unlabeled_batch_size = args.batch_size
     if args.acc_window is None:
@@ -322,14 +487,12 @@ def finish_args(args, method):
     checks = [
         (args.batch_size >= 1, '--batch-size must be at least 1'),
         (args.unlabeled_batch_size >= 1, '--unlabeled-batch-size must be at least 1'),
-        (args.eval_batch_size >= 1, '--eval-batch-size must be at least 1'),
         (args.lambda_u >= 0, '--lambda-u must be >= 0'),
         (args.K >= 1, '--K must be at least 1'),
         (args.T > 0, '--T must be > 0'),
         (args.alpha >= 0, '--alpha must be >= 0'),
-        (args.lr > 0 and args.wd >= 0, '--lr must be > 0 and --wd >= 0'),
+        (args.lr > 0, '--lr must be > 0'),
         (0 <= args.ema_decay < 1, '--ema-decay must be in [0, 1)'),
-        (0 < args.bn_momentum <= 1, '--bn-momentum must be in (0, 1]'),
         (args.rampup_steps >= 0 and 0 <= args.rampup_start <= 1,
          '--rampup-steps must be >= 0 and --rampup-start in [0, 1]'),
         (min(args.steps, args.eval_every, args.print_every, args.acc_window) >= 1,
@@ -344,15 +507,15 @@ def finish_args(args, method):
         (0 <= args.augmix <= augment.AUGMIX_MAX_SEVERITY,
          f'--augmix {args.augmix} must be a severity in 1-{augment.AUGMIX_MAX_SEVERITY} (0: off)'),
         (args.lr_schedule != 'multistep' or args.lr_milestones,
-         '--lr-schedule multistep needs --lr-milestones S1,S2,... (steps)'),
+         '--lr-schedule multistep needs its steps: multistep:S1,S2[:FACTOR]'),
         (not args.lr_milestones or (list(args.lr_milestones) == sorted(set(args.lr_milestones))
                                     and 0 < args.lr_milestones[0] and args.lr_milestones[-1] < args.steps),
-         f'--lr-milestones {",".join(map(str, args.lr_milestones or ()))} must be increasing steps in 1-{args.steps - 1} '
-         f'(--steps {args.steps})'),
-        (args.lr_factor > 0, '--lr-factor must be > 0'),
+         f'--lr-schedule multistep:{",".join(map(str, args.lr_milestones or ()))} needs increasing steps in '
+         f'1-{args.steps - 1} (--steps {args.steps})'),
+        (args.lr_factor > 0, '--lr-schedule multistep:S1,S2:FACTOR needs FACTOR > 0'),
         (args.lr_schedule != 'exponential' or args.lr_gamma is not None,
-         '--lr-schedule exponential needs --lr-gamma (the factor per step, e.g. 0.99995)'),
-        (args.lr_gamma is None or 0 < args.lr_gamma <= 1, '--lr-gamma must be in (0, 1]'),
+         '--lr-schedule exponential needs its factor per step: exponential:GAMMA (e.g. 0.99995)'),
+        (args.lr_gamma is None or 0 < args.lr_gamma <= 1, '--lr-schedule exponential:GAMMA needs GAMMA in (0, 1]'),
     ]
     for ok, message in checks:
         if not ok:

@@ -60,27 +60,36 @@ EVAL_IMAGES = 512  # images of the validation (and test) set whose views the ret
 EVAL_SEED = 0      # the seed of their views: the same views at every evaluation, whatever --seed
 
 
+# SimCLR's settings, one line a knob (with flags.DEFAULTS, what a run without flags uses). The default run
+# (Fashion-MNIST, WRN-28-2, bf16) is sized for about an hour on 2 CPU cores: a step of 256 images (512 views) took
+# 1.6 s on one core of a 2-core AMD EPYC (AVX512-BF16) shared with other jobs, where the demo's step takes 0.54 x
+# its one-core time on 2 free cores; so ~0.9 s/step, 4000 steps, 17 epochs.
+DEFAULTS = {
+    'temperature': 0.5,         # SimCLR's on CIFAR-10 (0.1 on ImageNet)
+    'projection_dim': 128,      # SimCLR's
+    'projection_hidden': None,  # the backbone's feature size, as SimCLR
+    'crop_area': 0.2,           # MoCo's (SimCLR: 0.08)
+    'view_ops': 2,              # FixMatch's RandAugment ops
+    'batch_size': 256,          # images per step, two views each (SimCLR: 512 on CIFAR-10)
+    'steps': 4000,              # (SimCLR on CIFAR-10: 1000 epochs of 512 images)
+    'eval_every': 500,
+    'lr_schedule': 'cosine',    # SimCLR: cosine decay; here FixMatch's
+    'loss': 'ce',               # not read; names the default run directory
+}
+
+
 def add_method_flags(parser):
     g = parser.add_argument_group('SimCLR pretraining')
-    g.add_argument('--temperature', type=float, default=0.5,
+    g.add_argument('--temperature', type=float,
                    help='NT-Xent temperature tau on cosine similarities (SimCLR: 0.5 on CIFAR-10, 0.1 on ImageNet)')
-    g.add_argument('--projection-dim', type=int, default=128,
+    g.add_argument('--projection-dim', type=int,
                    help='output size of the projection MLP g, on which the loss is taken (SimCLR: 128)')
-    g.add_argument('--projection-hidden', type=int, default=None,
-                   help='hidden units of g, Linear-ReLU-Linear (default: the backbone\'s feature size, as SimCLR)')
-    g.add_argument('--crop-area', type=float, default=0.2,
+    g.add_argument('--projection-hidden', type=int,
+                   help='hidden units of g, Linear-ReLU-Linear (the backbone\'s feature size unless given, as SimCLR)')
+    g.add_argument('--crop-area', type=float,
                    help='smallest crop of a view, a fraction of the image area (MoCo: 0.2; SimCLR: 0.08)')
-    g.add_argument('--view-ops', type=int, default=2,
+    g.add_argument('--view-ops', type=int,
                    help='RandAugment ops per view, each at a random magnitude: the colour distortion (FixMatch: 2)')
-    # The default run (Fashion-MNIST, WRN-28-2, bf16) is sized for about an hour on 2 CPU cores: a step of 256
-    # images (512 views) took 1.6 s on one core of a 2-core AMD EPYC (AVX512-BF16) shared with other jobs, where
-    # the demo's step takes 0.54 x its one-core time on 2 free cores; so ~0.9 s/step, 4000 steps, 17 epochs.
-    flags.override(parser, batch_size=(256, 'images per step and process, two views each (SimCLR: 512 on CIFAR-10)'),
-                   steps=(4000, 'optimizer steps in all (SimCLR on CIFAR-10: 1000 epochs of 512 images)'),
-                   eval_every=(500, 'steps between evaluations and checkpoints'),
-                   lr_schedule=('cosine', 'constant, multistep, exponential, cosine (SimCLR: cosine decay; here '
-                                          'FixMatch\'s)'))
-    parser.set_defaults(loss='ce')  # not read; names the default run directory
     return g
 
 
@@ -111,7 +120,7 @@ POLICIES = {'none': NoPseudoLabels}
 
 
 def get_args(argv=None):
-    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, NOT_READ)
+    return flags.parse(argv, __doc__, METHOD, add_method_flags, check_method_args, POLICIES, DEFAULTS, NOT_READ)
 
 
 # =========================================================================================================
