@@ -121,6 +121,11 @@ class Step:
         """Sets the step draws from besides labeled, unlabeled, val and test (name -> (images, labels))."""
 
     @staticmethod
+    def every_training_image(sets):
+        """An add_sets for the steps that learn from every training image, its label unused: the set 'train'."""
+        sets['train'] = (torch.cat([sets['labeled'][0], sets['unlabeled'][0]]), None)
+
+    @staticmethod
     def describe_data(args, ds, sets):
         return (f'data {args.dataset}: ' + ', '.join(f'{0 if x is None else len(x)} {k}' for k, (x, _) in sets.items())
                 + f', {args.num_classes} classes, {tuple(ds.train_images.shape[1:])} images, augment '
@@ -159,6 +164,15 @@ class Step:
                                         s.args.eval_batch_size, wants_test)
 
     # ---- helpers for the steps
+    def next_batches(self, step):
+        """The labeled and the unlabeled sampler's next batches, and the Context of a step that guesses no label
+        (no draw, forward or val accuracy): (x_l, y_l, x_u, i_u, y_u, ctx)."""
+        s = self.s
+        (x_lab, y_lab), (x_unl, y_unl) = s.sets['labeled'], s.sets['unlabeled']
+        i_l, i_u = s.streams['labeled'].next(), s.streams['unlabeled'].next()
+        ctx = Context(step, s.args.steps, s.train_acc.fraction(), None, s.rt, None, None, s.train_acc.completed())
+        return x_lab[i_l], y_lab[i_l], x_unl[i_u], i_u, y_unl[i_u], ctx
+
     def update(self, loss):
         """Backward, optimizer step, EMA."""
         s = self.s
@@ -176,13 +190,13 @@ class Step:
 
 
 def augment_views(images, args):
-    """Crop and flip (flags.DEFAULTS['augment']), then what --randaugment, --augmix and --cutout add; every image its own draw."""
+    """Crop and flip (flags.DEFAULTS['augment']), then what --strong-augment adds; every image its own draw."""
     return augment.augment(images, args.augment_kind, args.randaugment, args.augmix, args.cutout)
 
 
 def guess_labels(net, rt, images, index, hidden, args):
     """MixMatch's label guess: K augmentations of every image, the mean softmax over them, sharpened with T. With
-    --guess-views weak, the guess comes from K other views of crop and flip alone (the original's Adaptive_RA,
+    --strong-augment ...+weak-guess, the guess comes from K other views of crop and flip alone (the original's Adaptive_RA,
     main.py:531-532), and the augmented views train."""
     views = torch.cat([augment_views(images, args) for _ in range(args.K)])
     views = views.contiguous(memory_format=rt.memory_format)

@@ -9,9 +9,10 @@ asks the policy:
     lambda_u(step)                           the unlabeled weight at a step (logged; the default loss uses it)
     log_values() -> {name: scalar tensor}    anything else to log, as policy_<name> (window means)
 Unkept images take no part in mixup or in the default loss. A policy reads its settings from self.args (every
-flag of the run) and where the run stands from ctx.step, ctx.steps and ctx.progress. A flag of its own is added
-in its script's add_method_flags (so --help shows it) and named in its FLAGS; given with a policy that does
-not name it, a flag is refused.
+flag of the run) and where the run stands from ctx.step, ctx.steps and ctx.progress. FLAGS names what it reads
+of its family's settings: a family flag (add_method_flags) given with a policy that does not name it is refused,
+and a setting in FLAGS with no flag of its own (a line of the script's DEFAULTS) is the policy's own, given after
+its name: --policy NAME:KEY=VALUE,... (--help lists them).
 
 State: tensors registered with self.register_buffer(name, tensor) in __init__ are the policy's state. The
 shared code saves them in every checkpoint and restores them on resume, whatever their names. Under torchrun,
@@ -113,8 +114,8 @@ class Policy(torch.nn.Module):
         return False
 
     def lambda_u(self, step):
-        """Unlabeled loss weight at `step` (steps completed): --lambda-u, ramped linearly from --rampup-start
-        times it to all of it over --rampup-steps steps (exact at both ends)."""
+        """Unlabeled loss weight at `step` (steps completed): --lambda-u, ramped linearly from START
+        times it to all of it over STEPS steps, --rampup STEPS:START (exact at both ends)."""
         a = self.args
         if step >= a.rampup_steps:
             return a.lambda_u

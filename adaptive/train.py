@@ -30,12 +30,13 @@ DEFAULTS = {
     'loss': 'ce',                  # the paper's soft cross-entropy; --lambda-u follows it: 1
     'min_th': 0.5,                 # the paper's floor
     'confidence': 'unsharpened',   # the original code's (the report's Algorithm 1: sharpened)
-    'warm_threshold': 0.9,         # warm-start: the notes' (or 0.8)
-    'warm_until': 20,              # warm-start: the original's 20%
-    'extra_draws': 5,              # warm-start: the original's
-    'flex_threshold': 0.95,        # flexmatch: FlexMatch's tau
-    'flex_warmup': 'on',           # flexmatch: FlexMatch's
-    'free_momentum': 0.999,        # freematch: FreeMatch's
+    # the policies' own settings: --policy warm-start:warm-until=30,extra-draws=5
+    'warm_threshold': 0.9,         # warm-start: the fixed threshold before the switch (the notes': 0.9 or 0.8)
+    'warm_until': 20.0,            # warm-start: switch once the train accuracy exceeds this many % (the original's)
+    'extra_draws': 5,              # warm-start: most further unlabeled batches drawn per step (the original's)
+    'flex_threshold': 0.95,        # flexmatch: tau, the threshold of a class that is learned well (FlexMatch's)
+    'flex_warmup': 'on',           # flexmatch: count the images not yet above tau (on|off; FlexMatch's on)
+    'free_momentum': 0.999,        # freematch: momentum of its EMAs (FreeMatch's)
 }
 
 
@@ -45,18 +46,6 @@ def add_method_flags(parser):
                    help='confidence floor: no image below it is kept, whatever the accuracy (paper: 0.5)')
     g.add_argument('--confidence', choices=('unsharpened', 'sharpened'),
                    help='max of the mean prediction before (original code) or after sharpening (report, Algorithm 1)')
-    g.add_argument('--warm-threshold', type=float,
-                   help='warm-start: the fixed threshold before the switch (the notes: 0.9 or 0.8)')
-    g.add_argument('--warm-until', type=float,
-                   help='warm-start: switch once the running train accuracy exceeds this many percent (original: 20)')
-    g.add_argument('--extra-draws', type=int,
-                   help='warm-start: most further unlabeled batches drawn per step to keep B_u images (original: 5)')
-    g.add_argument('--flex-threshold', type=float,
-                   help='flexmatch: tau, the threshold of a class that is learned well (FlexMatch: 0.95)')
-    g.add_argument('--flex-warmup', choices=('on', 'off'),
-                   help='flexmatch: count the images not yet above tau in the normalization (FlexMatch: on)')
-    g.add_argument('--free-momentum', type=float,
-                   help='freematch: momentum of the EMAs of confidence and class prediction (FreeMatch: 0.999)')
     return g
 
 
@@ -65,10 +54,11 @@ def check_method_args(args):
         raise UserError(f'--min-th {args.min_th} must be in [0, 1]')
     if args.acc_source == 'val' and args.n_val == 0:
         raise UserError('--accuracy val needs a validation set (--n-val > 0)')
-    checks = [(0 < args.warm_threshold <= 1 and 0 <= args.warm_until <= 100, '--warm-threshold must be in (0, 1] '
-               'and --warm-until in [0, 100]'), (args.extra_draws >= 0, '--extra-draws must be >= 0'),
-              (0 < args.flex_threshold <= 1, '--flex-threshold must be in (0, 1]'),
-              (0 <= args.free_momentum < 1, '--free-momentum must be in [0, 1)')]
+    checks = [(0 < args.warm_threshold <= 1 and 0 <= args.warm_until <= 100, '--policy warm-start: warm-threshold '
+               'must be in (0, 1] and warm-until in [0, 100]'), (args.extra_draws >= 0, '--policy warm-start: '
+               'extra-draws must be >= 0'), (0 < args.flex_threshold <= 1 and args.flex_warmup in ('on', 'off'),
+              '--policy flexmatch: flex-threshold must be in (0, 1] and flex-warmup on or off'),
+              (0 <= args.free_momentum < 1, '--policy freematch: free-momentum must be in [0, 1)')]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -106,10 +96,10 @@ class Accuracy(Policy):
 
 
 class WarmStart(Accuracy):
-    """Sessions 417 and 428: a fixed --warm-threshold while the last completed --acc-window's train accuracy is
-    at most --warm-until % (so the first window is always warm, as the original's first epoch), the paper's
+    """Sessions 417 and 428: a fixed warm-threshold while the last completed --acc-window's train accuracy is
+    at most warm-until % (so the first window is always warm, as the original's first epoch), the paper's
     rule (Accuracy) after it. Then "ensure the ratio": further unlabeled batches are drawn and guessed, up to
-    --extra-draws, until every process has B_u images that pass the rule; the first B_u kept, in order, train.
+    extra-draws, until every process has B_u images that pass the rule; the first B_u kept, in order, train.
     The first step past the warm phase is state (printed, and policy_switch_step in the log). Host syncs: one
     per step (the number of forward passes depends on it), one per further draw."""
     FLAGS = ('min_th', 'confidence', 'warm_threshold', 'warm_until', 'extra_draws')
@@ -184,7 +174,7 @@ class FlexMatch(Policy):
 
 class FreeMatch(Policy):
     """FreeMatch's self-adaptive thresholds (Wang et al. 2023), as the paper writes them, over every process's
-    batch (q: the mean predictions, lambda: --free-momentum), both EMAs started at 1/C:
+    batch (q: the mean predictions, lambda: free-momentum), both EMAs started at 1/C:
         tau_t    = lambda * tau_{t-1} + (1 - lambda) * mean_b max_c q_b(c)      (global)
         p_t(c)   = lambda * p_{t-1}(c) + (1 - lambda) * mean_b q_b(c)          (local)
         tau_t(c) = p_t(c) / max_c p_t(c) * tau_t

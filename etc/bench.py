@@ -6,7 +6,7 @@ guess, update), after warm-up, with a device synchronization around every timed 
     python etc/bench.py --device cpu --compile             # + torch.compile (inductor) rows, slow to compile
     python etc/bench.py --device cuda --json bench.json    # GPU: + compiled rows with CUDA graphs
     python etc/bench.py --device cpu --methods adaptive --profile   # + where the fast path's time goes
-    python etc/bench.py --methods mixmatch --variants ";--cutout 14;--randaugment 2,9;--augmix 3;--mix cutmix"
+    python etc/bench.py --methods mixmatch --variants ";--strong-augment cutout:14;--strong-augment randaugment:2,9;--strong-augment augmix:3;--mix cutmix"
                                                            # what each augmentation costs, against the default
 
 Each configuration prints median ms/step, steps/s, images/s (labeled + unlabeled images drawn per step),

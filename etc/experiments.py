@@ -45,12 +45,12 @@ def schedule(preset):
     p = PRESETS[preset]
     every = p['steps'] // p['evals']
     values = {'eval_every': every, 'acc_window': every, 'rampup_steps': p['steps'] // 4}  # v1: from 0, a quarter
-    rampup = ['--rampup-steps', str(values['rampup_steps'])]
+    rampup = ['--rampup', str(values['rampup_steps'])]
     if faithful(preset):  # lambda_u * min(1, (1 + s/E) / 20), E = steps / 300: from 1/20, full at 19 E
         values = script_flags.preset_flags(p.get('base', preset), ramp='original')
         if p['setup'] == 'v2':
             values['acc_window'] = every
-        rampup = ['--rampup-steps', str(values['rampup_steps']), '--rampup-start', f'{values["rampup_start"]:g}']
+        rampup = ['--rampup', f'{values["rampup_steps"]}:{values["rampup_start"]:g}']
     return {'steps': p['steps'], 'eval_every': values['eval_every'], 'acc_window': values['acc_window'],
             'rampup': rampup, 'n_val': p['n_val'], 'evals': p['evals'], 'setup': p['setup'],
             'test_when': ['--test-when', values['test_when']] if 'test_when' in values else []}
@@ -82,7 +82,7 @@ class Entry:
     paper: float = None          # the paper's top-1 on its data (NAVER fashion), where its tables have one
     labels: int = LABELS         # --n-labeled
     rampup: bool = False         # the original's MixMatch ramp, where the script's preset sets none (469)
-    schedule_epochs: int = None  # --schedule-steps: this many of the original's 300 epochs
+    schedule_epochs: int = None  # the linear policy's schedule-steps: this many of the original's 300 epochs
     v1: tuple = None             # the first release's flags (the entries it had; MSE at lambda_u 75)
     v1_what: str = None          # its line for the v1 tables, where it differs
 
@@ -116,18 +116,16 @@ ENTRIES = {
     'adaptive-ce-1-few': Entry('adaptive', CE1, 'adaptive CE, lambda_u 1, few labels', '477 -> 485', 61.15,
                                FEW_LABELS, v1=CE1),
     # the study's other policies, and the thresholds the field moved to (etc/sessions.md maps every session)
-    'supervised': Entry('mixmatch', ('--labeled-only', '--alpha', '0', '--ema-decay', '0'),
+    'supervised': Entry('mixmatch', ('--labeled-only', '--mix', 'mixup:0', '--ema-decay', '0'),
                         'plain supervised (no mixup, no EMA)', '458-465'),
-    'mixed-loss': Entry('mixmatch', ('--policy', 'mixed-loss', '--mixed-threshold', '0.9',
-                                     '--lambda-u', paper_mse_weight(100)),
+    'mixed-loss': Entry('mixmatch', ('--policy', 'mixed-loss:mixed-threshold=0.9', '--lambda-u', paper_mse_weight(100)),
                         'mixed loss: MixMatch + a term over images above 0.9', '409'),
     'fixed-0.9': Entry('fixed', ('--threshold', '0.9', '--lambda-u', MSE), 'fixed threshold 0.9 (MSE)', '407'),
     'fixed-0.8-ce': Entry('fixed', ('--threshold', '0.8', '--loss', 'ce', '--lambda-u', '1'),
                           'fixed threshold 0.8 (CE)', '430'),
     # the "slow" threshold of FixMixMatch, max(0.9 - (epoch // 5) / 40, 0.5), reaches 0.5 at epoch 80 (left commented
     # in the 401 and 408 code, main.py:528)
-    'linear-slow': Entry('fixed', ('--policy', 'linear', '--threshold', '0.9', '--threshold-end', '0.5',
-                                   '--lambda-u', MSE),
+    'linear-slow': Entry('fixed', ('--policy', 'linear:threshold-end=0.5', '--threshold', '0.9', '--lambda-u', MSE),
                          'threshold 0.9 -> 0.5 over 80 of 300 epochs', '79, 348', schedule_epochs=80),
     'consistency': Entry('fixed', ('--policy', 'consistency', '--threshold', '0.9', '--lambda-u', MSE),
                          'threshold 0.9 + Pi-model loss below it', '100'),
@@ -203,9 +201,14 @@ def describe(entry, preset):
     return (e.v1_what if PRESETS[preset]['setup'] == 'v1' else None) or e.what
 
 
-def schedule_steps(entry, steps):
-    e = ENTRIES[entry]
-    return ['--schedule-steps', str(round(e.schedule_epochs * steps / ORIGINAL_EPOCHS))] if e.schedule_epochs else []
+def method_flags(entry, preset, steps):
+    """entry_flags, with the linear policy's schedule-steps (the entry's epochs of 300, laid on `steps`) among its
+    --policy settings."""
+    flags, e = entry_flags(entry, preset), ENTRIES[entry]
+    if e.schedule_epochs:
+        at = flags.index('--policy') + 1
+        flags[at] += f',schedule-steps={round(e.schedule_epochs * steps / ORIGINAL_EPOCHS)}'
+    return flags
 
 
 def run_dir(runs_dir, preset, entry, seed):
@@ -215,13 +218,13 @@ def run_dir(runs_dir, preset, entry, seed):
 def command(entry, seed, preset, device, runs_dir, amp='auto'):
     """The exact training command of one table entry and seed (list of arguments, without the interpreter)."""
     e, s = ENTRIES[entry], schedule(preset)
-    cmd = [f'{e.script}/train.py', *entry_flags(entry, preset), '--n-labeled', str(e.labels), '--n-val', str(s['n_val']),
-           '--steps', str(s['steps']), '--eval-every', str(s['eval_every']), '--acc-window', str(s['acc_window']),
-           *s['test_when'], *schedule_steps(entry, s['steps'])]
+    cmd = [f'{e.script}/train.py', *method_flags(entry, preset, s['steps']), '--n-labeled', str(e.labels),
+           '--n-val', str(s['n_val']), '--steps', str(s['steps']), '--eval-every', str(s['eval_every']),
+           '--acc-window', str(s['acc_window']), *s['test_when']]
     if (e.script == 'mixmatch' and not e.labeled_only) or e.rampup:
         cmd += s['rampup']
     elif e.script == 'etc/meanteacher':  # the same length of ramp; its shape is Mean Teacher's sigmoid
-        cmd += s['rampup'][:2]
+        cmd += ['--rampup', s['rampup'][1].split(':')[0]]
     cmd += ['--seed', str(seed), '--split-seed', str(seed), '--device', device, *(['--amp', amp] if amp != 'auto' else []),
             '--out', run_dir(runs_dir, preset, entry, seed), '--resume', 'auto']
     return cmd
@@ -237,8 +240,7 @@ def method_command(entry, preset):
         per_run = {i for i, a in enumerate(ran) if a in ('--seed', '--split-seed', '--device', '--out', '--resume')}
         return ' '.join(['python'] + [a for i, a in enumerate(ran) if i not in per_run and i - 1 not in per_run])
     s, p = schedule(preset), PRESETS[preset]
-    cmd = ['python', f'{e.script}/train.py', *entry_flags(entry, preset), '--n-labeled', str(e.labels),
-           *schedule_steps(entry, s['steps'])]
+    cmd = ['python', f'{e.script}/train.py', *method_flags(entry, preset, s['steps']), '--n-labeled', str(e.labels)]
     if e.rampup:  # a ramp the script's preset does not set (the adaptive family has none)
         cmd += s['rampup']
     window = ['--acc-window', str(s['acc_window'])] if p['setup'] == 'v2' else []

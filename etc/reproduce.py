@@ -14,7 +14,7 @@ continues where it stopped (finished runs are skipped, unfinished ones resume fr
 
 Presets set the length and scale the schedule flags with --steps by one rule for every method:
     --eval-every = steps / evals,  --acc-window = steps / 300 (the original's epoch; steps / evals in the v1 and
-    v2 presets),  MixMatch --rampup-steps = steps * 19 / 300 (the original's 19 of 300 epochs; steps / 4 in v1)
+    v2 presets),  MixMatch's --rampup STEPS = steps * 19 / 300 (the original's 19 of 300 epochs; steps / 4 in v1)
 The test set is measured when val top-1 improves and at the end (the tables' test top-1 at best val); the full
 preset measures it at every evaluation for the median of the last 20 (--test-when every-eval). Before it
 starts, a call prints its plan: runs to do, runs reused, and hours estimated from earlier runs here. A table

@@ -26,7 +26,7 @@ FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'  # Debian package
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                          'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
-OWN_SIZE_MAX = 64   # folder images at most this many pixels a side keep their own size (no --image-size given)
+OWN_SIZE_MAX = 64   # folder images at most this many pixels a side keep their own size (no image-size given)
 LARGE_SIZE = 96     # larger ones are decoded at this side instead
 CACHE_FORMAT = 2    # the decoded-image cache; 1 kept grey images as 3 channels
 MIN_VAL_PER_CLASS = 10  # fewer validation images per class than this pick the best checkpoint nearly by chance
@@ -156,7 +156,7 @@ def _folder(root, image_size, num_classes, cache_dir):
     elif os.path.isdir(os.path.join(root, 'labeled')):
         files, labels, classes, test_files, test_labels = _plain_layout(root)
         if num_classes is not None and num_classes != len(classes):
-            raise UserError(f'--num-classes {num_classes} but {root}/labeled has {len(classes)} class folders')
+            raise UserError(f'--dataset folder:num-classes={num_classes} but {root}/labeled has {len(classes)} class folders')
     else:
         raise UserError(f'--data-root {root} is neither the NSML layout (train/train_label) nor the plain layout '
                         f'(labeled/<class>/, unlabeled/, test/<class>/)')
@@ -266,10 +266,10 @@ def _decode_cached(files, image_size, cache_dir):
 
 
 def _decoded_size(files, image_size):
-    """The side the images are decoded at, and why: --image-size where given; else the images' own size (the
+    """The side the images are decoded at, and why: --dataset folder:image-size where given; else the images' own size (the
     largest short side) where none is over OWN_SIZE_MAX pixels a side, and LARGE_SIZE where one is."""
     if image_size is not None:
-        return image_size, f'{image_size} x {image_size} px (--image-size; short side resized, centre crop)'
+        return image_size, f'{image_size} x {image_size} px (--dataset folder:image-size; short side resized, centre crop)'
     from PIL import Image, UnidentifiedImageError
     sides = []
     for path in files:
@@ -280,10 +280,10 @@ def _decoded_size(files, image_size):
             raise UserError(f'cannot decode image {path} ({type(e).__name__}); remove or replace the file') from None
     if max(max(wh) for wh in sides) <= OWN_SIZE_MAX:
         size = max(min(wh) for wh in sides)
-        return size, (f'{size} x {size} px, their own size (none is over {OWN_SIZE_MAX} px a side; --image-size N '
+        return size, (f'{size} x {size} px, their own size (none is over {OWN_SIZE_MAX} px a side; --dataset folder:image-size=N '
                       'resizes them)')
     return LARGE_SIZE, (f'{LARGE_SIZE} x {LARGE_SIZE} px (some are over {OWN_SIZE_MAX} px a side: short side resized, '
-                        'centre crop; --image-size N for another size)')
+                        'centre crop; --dataset folder:image-size=N for another size)')
 
 
 def _decode(path, size):

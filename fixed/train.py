@@ -27,9 +27,10 @@ DEFAULTS = {
     'loss': 'mse',                 # MixMatch's; --lambda-u follows it: 75
     'threshold': 0.8,              # the paper's (the original code: 0.5)
     'confidence': 'unsharpened',   # the original code's (the report's Algorithm 1: sharpened)
-    'threshold_end': 0.5,          # linear: the notes' 0.9 to 0.5
-    'schedule_steps': 0,           # linear: the whole run
-    'lambda_pi': 10,               # consistency: the original's
+    # the policies' own settings: --policy linear:threshold-end=0.5,schedule-steps=17476
+    'threshold_end': 0.5,          # linear: where the threshold ends, from --threshold (the notes' 0.9 to 0.5)
+    'schedule_steps': 0,           # linear: steps the fall takes (0: the whole run; the original: 80/300 or 5/300)
+    'lambda_pi': 10.0,             # consistency: the Pi-model loss's weight, times lambda_u (the original's)
 }
 
 
@@ -39,12 +40,6 @@ def add_method_flags(parser):
                    help='keep an unlabeled image iff its confidence is >= this (paper: 0.8; the original code: 0.5)')
     g.add_argument('--confidence', choices=('unsharpened', 'sharpened'),
                    help='max of the mean prediction before (original code) or after sharpening (report, Algorithm 1)')
-    g.add_argument('--threshold-end', type=float,
-                   help='linear: where the threshold ends, from --threshold (the notes: 0.9 to 0.5)')
-    g.add_argument('--schedule-steps', type=int,
-                   help='linear: steps the fall takes (0: the whole run; the original: slow 80/300 of it, fast 5/300)')
-    g.add_argument('--lambda-pi', type=float,
-                   help='consistency: weight of the Pi-model loss on the images below, times lambda_u (original: 10)')
     return g
 
 
@@ -52,9 +47,10 @@ def check_method_args(args):
     if not 0 < args.threshold <= 1:
         raise UserError(f'--threshold {args.threshold} must be in (0, 1]')
     if args.policy == 'linear' and not 0 < args.threshold_end <= args.threshold:
-        raise UserError(f'--threshold-end {args.threshold_end} must be in (0, --threshold {args.threshold}]')
+        raise UserError(f'--policy linear: threshold-end={args.threshold_end:g} must be in (0, --threshold '
+                        f'{args.threshold:g}]')
     if args.schedule_steps < 0 or args.lambda_pi < 0:
-        raise UserError('--schedule-steps and --lambda-pi must be >= 0')
+        raise UserError('--policy linear: schedule-steps and consistency: lambda-pi must be >= 0')
     if args.policy == 'consistency' and args.K < 2:
         raise UserError('--policy consistency compares two views of each image: it needs --K 2 or more')
 
@@ -74,8 +70,8 @@ class Constant(Policy):
 
 
 class Linear(Constant):
-    """Sessions 79, 348, 352, 387: the threshold falls linearly from --threshold to --threshold-end over
-    --schedule-steps steps, then stays there. The original's rates (left commented in the 401 and 408 code,
+    """Sessions 79, 348, 352, 387: the threshold falls linearly from --threshold to threshold-end over
+    schedule-steps steps, then stays there. The original's rates (left commented in the 401 and 408 code,
     main.py:528-542): "slow" max(0.9 - (epoch // 5) / 40, 0.5), at 0.5 after 80 of 300 epochs in steps of 0.025;
     "fast" a piecewise fall over the first 5 epochs. Here both are linear over the same span (80/300 and 5/300 of
     the run), the staircase and the piecewise shape left out."""
@@ -98,7 +94,7 @@ class Consistency(Constant):
                  mean prediction as their label, and a constant lambda_u                   (main.py:504)
       below      a Pi-model loss: the mean squared difference of the softmax on two views  (main.py:91-95, 447-453)
                  (with gradient), from epoch 10 on and where more than one image is below, weighted
-                 --lambda-pi * lambda_u * min(1, e / 250)                                   (main.py:88, 502-503)
+                 lambda-pi * lambda_u * min(1, e / 250)                                    (main.py:88, 502-503)
     Logged as policy_pi. The two views of every image go through the model, masked to the ones below, so that
     every process runs the same passes (the original passed the images below alone, a batch of varying size)."""
     FLAGS = ('threshold', 'lambda_pi', 'confidence')

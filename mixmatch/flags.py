@@ -12,7 +12,7 @@ import semisup
 from errors import UserError
 
 # What --evaluate reads from the command line; everything else comes from the checkpoint.
-EVALUATE_FLAGS = {'evaluate', 'data_root', 'download', 'cache_dir', 'device'}
+EVALUATE_FLAGS = {'evaluate', 'data_root', 'download', 'device'}
 # What plays no part when no unlabeled image is guessed (--labeled-only), besides the family's flags.
 UNLABELED_FLAGS = {'K', 'T', 'loss', 'lambda_u', 'rampup_steps', 'rampup_start', 'unlabeled_batch_size',
                    'drop_unkept', 'policy', 'train_acc', 'acc_source', 'rot_weight', 'guess_views'}
@@ -30,7 +30,7 @@ DEFAULTS = {
     'split_seed': 0,
     'image_size': None,           # a folder's own size up to 64 px, else 96
     'num_classes': None,          # the largest label + 1, or the class folders
-    'cache_dir': os.path.join(os.path.expanduser('~'), '.cache', 'adthmix'),
+    'cache_dir': None,            # no flag: where a folder's decoded images are cached: $ADTHMIX_CACHE, else ~/.cache/adthmix
     'augment': 'auto',            # no flag: pad-crop + flip below 64 px, random-resized-crop + flip above
     'randaugment': None,
     'augmix': 0,
@@ -63,7 +63,7 @@ DEFAULTS = {
     'lr_factor': 0.5,
     'lr_gamma': None,             # --lr-schedule exponential:GAMMA
     'batch_size': 64,
-    'unlabeled_batch_size': None,  # --batch-size
+    'unlabeled_batch_size': None,  # the labeled batch size
     'ema_decay': 0.999,
     'steps': 65536,
     'eval_every': 1024,
@@ -132,19 +132,47 @@ def preset_flags(name, ramp=None):
 # Each script's own flags (its add_method_flags), so that a flag given to the wrong script names the scripts that
 # have it. tests/test_bad_input.py checks the table against the scripts.
 SCRIPT_FLAGS = {
-    'mixmatch/train.py': ('--mixed-threshold', '--lambda-t'),
-    'fixed/train.py': ('--threshold', '--threshold-end', '--schedule-steps', '--lambda-pi', '--confidence'),
-    'adaptive/train.py': ('--min-th', '--confidence', '--warm-threshold', '--warm-until', '--extra-draws',
-                          '--flex-threshold', '--flex-warmup', '--free-momentum'),
+    'fixed/train.py': ('--threshold', '--confidence'),
+    'adaptive/train.py': ('--min-th', '--confidence'),
     'etc/fixmatch/train.py': ('--threshold', '--strong-ops', '--strong-cutout'),
     'etc/simclr/train.py': ('--temperature', '--projection-dim', '--projection-hidden', '--crop-area', '--view-ops'),
 }
 
-# Flags of earlier releases: what says the same now. upgrade() rewrites an archived command with them; given to a
-# script, each is refused with its new spelling.
+# The flags that set several settings, and the settings each sets (its value says which: see each type below).
+FLAG_SETTINGS = {'dataset': ('dataset', 'image_size', 'num_classes'),
+                 'strong_augment': ('randaugment', 'augmix', 'cutout', 'guess_views'),
+                 'mix': ('mix', 'alpha'), 'rampup': ('rampup_steps', 'rampup_start'),
+                 'batch_size': ('batch_size', 'unlabeled_batch_size'),
+                 'lr_schedule': ('lr_schedule', 'lr_milestones', 'lr_factor', 'lr_gamma'),
+                 'accuracy': tuple(ACCURACY), 'init': ('init', 'pretrained')}
+# How the command line gives a setting that has no flag of its own (error messages).
+SPELLED = {'image_size': '--dataset folder:image-size', 'num_classes': '--dataset folder:num-classes',
+           'randaugment': '--strong-augment randaugment:N,M', 'augmix': '--strong-augment augmix:S',
+           'cutout': '--strong-augment cutout:PX', 'guess_views': '--strong-augment ...+weak-guess',
+           'alpha': '--mix NAME:ALPHA', 'rampup_steps': '--rampup', 'rampup_start': '--rampup STEPS:START',
+           'unlabeled_batch_size': '--batch-size B,BU', 'lr_milestones': '--lr-schedule multistep:S1,S2',
+           'lr_factor': '--lr-schedule multistep:S1,S2:FACTOR', 'lr_gamma': '--lr-schedule exponential:GAMMA',
+           'pretrained': '--init imagenet', 'init': '--init PATH',
+           **{dest: f'--accuracy {"|".join(words)}' for dest, words in ACCURACY.items()}}
+
+# Flags of earlier releases: what says the same now (its first word: the flag that took them in). upgrade() rewrites
+# an archived command with them; given to a script, each is refused with its new spelling.
 RENAMED = {'--acc-source': '--accuracy', '--train-acc': '--accuracy', '--acc-seed': '--accuracy',
            '--lr-milestones': '--lr-schedule multistep:S1,S2[:FACTOR]', '--lr-factor': '--lr-schedule multistep:S1,S2:FACTOR',
-           '--lr-gamma': '--lr-schedule exponential:GAMMA'}
+           '--lr-gamma': '--lr-schedule exponential:GAMMA',
+           '--image-size': '--dataset folder:image-size=PX', '--num-classes': '--dataset folder:num-classes=N',
+           '--randaugment': '--strong-augment randaugment:N,M', '--augmix': '--strong-augment augmix:S',
+           '--cutout': '--strong-augment cutout:PX', '--guess-views': '--strong-augment ...+weak-guess',
+           '--pretrained': '--init imagenet', '--alpha': '--mix mixup:ALPHA', '--rampup-steps': '--rampup STEPS',
+           '--rampup-start': '--rampup STEPS:START', '--unlabeled-batch-size': '--batch-size B,BU',
+           '--cache-dir': 'the environment variable ADTHMIX_CACHE',
+           # the policies' own settings, given after the policy's name
+           '--mixed-threshold': '--policy mixed-loss:mixed-threshold=V', '--lambda-t': '--policy mixed-loss:lambda-t=V',
+           '--threshold-end': '--policy linear:threshold-end=V', '--schedule-steps': '--policy linear:schedule-steps=N',
+           '--lambda-pi': '--policy consistency:lambda-pi=V', '--warm-threshold': '--policy warm-start:warm-threshold=V',
+           '--warm-until': '--policy warm-start:warm-until=V', '--extra-draws': '--policy warm-start:extra-draws=N',
+           '--flex-threshold': '--policy flexmatch:flex-threshold=V', '--flex-warmup': '--policy flexmatch:flex-warmup=on|off',
+           '--free-momentum': '--policy freematch:free-momentum=V'}
 NO_LONGER_FLAGS = {'--bn-momentum': 'bn_momentum', '--eval-batch-size': 'eval_batch_size', '--nesterov': 'nesterov',
                    '--momentum': 'momentum', '--wd': 'wd', '--augment': 'augment'}
 
@@ -169,11 +197,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
+class Merge(argparse.Action):
+    """A flag given again adds its settings to those given before (--strong-augment cutout:16 --strong-augment
+    randaugment:2,9: both)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, {**getattr(namespace, self.dest, {}), **values})
+
+
 def common_parser():
     """The shared flags, without defaults (argument_default=SUPPRESS): a parse holds only the flags given."""
     p = OneLineParser(add_help=False, argument_default=argparse.SUPPRESS)
-    g = p.add_argument_group('data')
-    g.add_argument('--dataset', choices=data.DATASETS,
+    g = p.add_argument_group(
+        'data', 'A folder of your images takes its settings after its name: --dataset folder:image-size=PX,num-classes=N\n'
+        f'(the side its images are decoded to: their own up to {data.OWN_SIZE_MAX} px, else {data.LARGE_SIZE}, the original 224; '
+        'the number of\nclasses: the largest label + 1, or the class folders). Decoded images are cached in $ADTHMIX_CACHE\n'
+        '(~/.cache/adthmix unless set).')
+    g.add_argument('--dataset', type=dataset_value, metavar='|'.join(data.DATASETS[:-1]) + '|folder[:SETTINGS]',
                    help='fashion_mnist (the public stand-in), a torchvision dataset, or folder (your images)')
     g.add_argument('--data-root', metavar='DIR',
                    help=f'dataset location (fashion_mnist: {data.FASHION_MNIST_SYSTEM_DIR} unless given, else ./data)')
@@ -184,43 +224,32 @@ def common_parser():
     g.add_argument('--n-val', type=int,
                    help='validation images held out of the labeled ones (min(5000, 10%%) unless given; original: 20%%)')
     g.add_argument('--split-seed', type=int, help='seed of the labeled / validation / unlabeled split')
-    g.add_argument('--image-size', type=int,
-                   help=f'folder datasets: side in px (unless given: their own up to {data.OWN_SIZE_MAX} px, else '
-                        f'{data.LARGE_SIZE}; original: 224)')
-    g.add_argument('--num-classes', type=int,
-                   help='folder datasets: number of classes (the largest label + 1, or the class folders, unless given)')
-    g.add_argument('--cache-dir', help='folder datasets: where the decoded uint8 images are cached')
-    g.add_argument('--randaugment', type=randaugment_value, metavar='N,M',
-                   help='RandAugment after crop and flip: N ops per image at magnitude M of 0-30 (notes: 2,9 2,5 2,3)')
-    g.add_argument('--augmix', type=int, metavar='SEVERITY',
-                   help=f'after crop and flip: AugMix without its JSD loss, severity 1-{augment.AUGMIX_MAX_SEVERITY} '
-                        '(the reference: 3; 0: off)')
-    g.add_argument('--cutout', type=int, metavar='PX',
-                   help='CutOut, last: a PX x PX square per image set to 0 (DeVries & Taylor: 16 on 32 px; 0: off)')
-    g.add_argument('--guess-views', choices=('augmented', 'weak'),
-                   help='views the guess is made from: those that train, or crop + flip alone (436-438\'s code)')
+
+    g = p.add_argument_group(
+        'augmentation', 'Every image is cropped and flipped; --strong-augment adds, in this order, any of\n'
+        f'  randaugment:N,M  N ops at magnitude M of 0-{augment.RANDAUGMENT_MAX_MAGNITUDE} (the notes: 2,9 2,5 2,3)\n'
+        f'  augmix:S         AugMix without its JSD loss, severity 1-{augment.AUGMIX_MAX_SEVERITY} (the reference: 3)\n'
+        '  cutout:PX        a PX x PX square set to 0 (DeVries & Taylor: 16 on 32 px)\n'
+        'joined by +. With +weak-guess the guess is made from crop + flip alone and only the views that train\n'
+        'get them (436-438\'s code).')
+    g.add_argument('--strong-augment', type=strong_augment_value, metavar='WORD[+WORD...]', action=Merge,
+                   help='what the training views get after crop and flip, e.g. randaugment:2,9+cutout:16')
 
     g = p.add_argument_group('model')
     g.add_argument('--arch', choices=models.ARCHS,
                    help='network (MixMatch\'s WRN-28-2; the paper: efficientnet_b3)')
-    g.add_argument('--pretrained', action='store_true',
-                   help='start from torchvision\'s ImageNet weights in the local torch cache (the paper did)')
 
     g = p.add_argument_group('MixMatch')
     g.add_argument('--K', type=int, help='augmentations per unlabeled image for the guess (paper: 2)')
     g.add_argument('--T', type=float, help='sharpening temperature of the guess (paper: 0.5)')
-    g.add_argument('--alpha', type=float,
-                   help='mixup Beta(alpha, alpha), lambda = max(l, 1 - l) (paper: 0.75; 0: no mixup)')
-    g.add_argument('--mix', choices=semisup.MIXES,
-                   help='mixup (MixMatch) or cutmix: a box of 1 - lambda of the partner per row, targets by area')
+    g.add_argument('--mix', type=mix_value, metavar='|'.join(semisup.MIXES) + '[:ALPHA]',
+                   help='mixup, or cutmix (a box of the partner); lambda ~ Beta(ALPHA, ALPHA) (paper: 0.75; 0: none)')
     g.add_argument('--loss', choices=('mse', 'ce'),
                    help='unlabeled loss on the kept mixed rows: mse (MixMatch) or ce (soft cross-entropy, the paper)')
     g.add_argument('--lambda-u', type=float,
                    help='unlabeled loss weight (unless given: 75 with --loss mse, MixMatch\'s; 1 with ce, the paper\'s)')
-    g.add_argument('--rampup-steps', type=int,
-                   help='steps over which the unlabeled weight rises linearly to --lambda-u (0: constant from step 0)')
-    g.add_argument('--rampup-start', type=float,
-                   help='the ramp\'s start, a fraction of --lambda-u (the original MixMatch: 0.05, for 19/300 of it)')
+    g.add_argument('--rampup', type=rampup_value, metavar='STEPS[:START]',
+                   help='the unlabeled weight rises linearly over STEPS from START x --lambda-u (original: 0.05)')
     g.add_argument('--labeled-only', action='store_true',
                    help='baseline: the same step on the labeled images alone; no unlabeled image is guessed or mixed')
     g.add_argument('--rot-weight', type=float,
@@ -237,11 +266,8 @@ def common_parser():
     g.add_argument('--lr-schedule', type=lr_schedule_value, metavar='|'.join(semisup.LR_SCHEDULES),
                    help='constant (the original), multistep:S1,S2[:FACTOR] (348, 387), exponential:GAMMA, cosine '
                         '(FixMatch\'s)')
-    g.add_argument('--batch-size', type=int,
-                   help='labeled images per step and process (MixMatch: 64; the original: 20)')
-    g.add_argument('--unlabeled-batch-size', type=int,
-                   help='unlabeled images per step and process, before the K views (unless given: --batch-size; '
-                        'orig.: 50)')
+    g.add_argument('--batch-size', type=batch_size_value, metavar='B[,BU]',
+                   help='labeled, unlabeled images per step and process (BU: B unless given; the original: 20,50)')
     g.add_argument('--ema-decay', type=float,
                    help='decay per step of the evaluated EMA of the weights (MixMatch: 0.999; 0: none, the original)')
     g.add_argument('--steps', type=int, help='optimizer steps in all (MixMatch: 2^20)')
@@ -270,8 +296,8 @@ def common_parser():
                    help='auto: continue <out>/checkpoint.pt if there is one, else start; PATH: continue that file')
     g.add_argument('--evaluate', metavar='PATH',
                    help='only print the fp32 test top-1/top-5 of a checkpoint (any method\'s)')
-    g.add_argument('--init', metavar='PATH',
-                   help='start from a checkpoint\'s weights (same --arch; a head of other classes starts anew)')
+    g.add_argument('--init', type=init_value, metavar='imagenet|PATH',
+                   help='start from ImageNet weights in the torch cache (the paper did) or a checkpoint\'s (same --arch)')
     g.add_argument('--seed', type=int, help='seed of initialization, sampling and augmentation')
     g.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='auto: cuda if available')
     g.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'off'),
@@ -288,13 +314,104 @@ def int_list(text):
         raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
 
 
-def randaugment_value(text):
-    """--randaugment N,M: N >= 1 ops per image, magnitude M in 0-30."""
-    n_m = int_list(text)
-    if len(n_m) != 2 or n_m[0] < 1 or not 0 <= n_m[1] <= augment.RANDAUGMENT_MAX_MAGNITUDE:
-        raise argparse.ArgumentTypeError(f'expected N,M with N >= 1 ops and M in 0-{augment.RANDAUGMENT_MAX_MAGNITUDE},'
-                                         f' got {text!r}')
-    return n_m
+def settings_value(text, kinds, what):
+    """NAME[:KEY=VALUE,...] -> {dest: value}: kinds = {NAME: {dest: type}}, the settings each name takes (a key is
+    its dest with dashes); what names the flag in an error."""
+    name, _, rest = text.partition(':')
+    if name not in kinds:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected one of {", ".join(kinds)}')
+    values, takes = {what: name}, kinds[name]
+    for item in rest.split(',') if rest else ():
+        key, eq, value = item.partition('=')
+        dest = key.replace('-', '_')
+        if dest not in takes or not eq or dest in values:
+            keys = ', '.join(d.replace('_', '-') + '=' for d in takes) or 'no settings'
+            raise argparse.ArgumentTypeError(f'{text!r}: {name} takes {keys} (each once, comma-separated)')
+        try:
+            values[dest] = takes[dest](value)
+        except ValueError:
+            kind = {int: 'an integer', float: 'a number'}.get(takes[dest], 'a word')
+            raise argparse.ArgumentTypeError(f'{text!r}: {key} takes {kind}, not {value!r}') from None
+    return values
+
+
+FOLDER_SETTINGS = {'image_size': int, 'num_classes': int}
+
+
+def dataset_value(text):
+    """--dataset NAME, or folder[:image-size=PX,num-classes=N]."""
+    values = settings_value(text, {name: FOLDER_SETTINGS if name == 'folder' else {} for name in data.DATASETS},
+                            'dataset')
+    if values.get('image_size', 8) < 8 or values.get('num_classes', 1) < 1:
+        raise argparse.ArgumentTypeError(f'{text!r}: image-size must be at least 8 and num-classes at least 1')
+    return values
+
+
+def strong_augment_value(text):
+    """--strong-augment randaugment:N,M+augmix:S+cutout:PX[+weak-guess], any of them, each once."""
+    values = {}
+    for word in text.split('+'):
+        name, _, value = word.partition(':')
+        try:
+            if name == 'randaugment' and 'randaugment' not in values:
+                n, m = int_list(value)
+                if n >= 1 and 0 <= m <= augment.RANDAUGMENT_MAX_MAGNITUDE:
+                    values['randaugment'] = (n, m)
+                    continue
+            elif name in ('augmix', 'cutout') and name not in values:
+                values[name] = int(value)
+                if 1 <= values[name] <= (augment.AUGMIX_MAX_SEVERITY if name == 'augmix' else 1 << 30):
+                    continue
+            elif word == 'weak-guess' and 'guess_views' not in values:
+                values['guess_views'] = 'weak'
+                continue
+        except (ValueError, argparse.ArgumentTypeError):
+            pass
+        raise argparse.ArgumentTypeError(
+            f'{text!r}: expected words joined by +, each once: randaugment:N,M (N >= 1, M in 0-'
+            f'{augment.RANDAUGMENT_MAX_MAGNITUDE}), augmix:S (1-{augment.AUGMIX_MAX_SEVERITY}), cutout:PX (>= 1), weak-guess')
+    if set(values) == {'guess_views'}:
+        raise argparse.ArgumentTypeError(f'{text!r}: weak-guess needs an augmentation for the views that train')
+    return values
+
+
+def mix_value(text):
+    """--mix NAME[:ALPHA]."""
+    name, _, alpha = text.partition(':')
+    try:
+        if name in semisup.MIXES and (not alpha or float(alpha) >= 0):
+            return {'mix': name, **({'alpha': float(alpha)} if alpha else {})}
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f'{text!r}: expected {"|".join(semisup.MIXES)}[:ALPHA] with ALPHA >= 0')
+
+
+def rampup_value(text):
+    """--rampup STEPS[:START]."""
+    steps, _, start = text.partition(':')
+    try:
+        values = {'rampup_steps': int(steps), **({'rampup_start': float(start)} if start else {})}
+        if values['rampup_steps'] >= 0 and 0 <= values.get('rampup_start', 0) <= 1:
+            return values
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f'{text!r}: expected STEPS[:START] with STEPS >= 0 and START in [0, 1]')
+
+
+def batch_size_value(text):
+    """--batch-size B[,BU]."""
+    try:
+        sizes = int_list(text)
+        if len(sizes) in (1, 2) and min(sizes) >= 1:
+            return {'batch_size': sizes[0], **({'unlabeled_batch_size': sizes[1]} if len(sizes) == 2 else {})}
+    except argparse.ArgumentTypeError:
+        pass
+    raise argparse.ArgumentTypeError(f'{text!r}: expected B or B,BU, each at least 1')
+
+
+def init_value(text):
+    """--init imagenet|PATH."""
+    return {'pretrained': True} if text == 'imagenet' else {'init': text}
 
 
 def lr_schedule_value(text):
@@ -330,53 +447,89 @@ def accuracy_value(text):
     return values
 
 
-def spelled(dest):
-    """How the command line gives a setting: its flag, or --accuracy's words for the settings it folds."""
-    return f'--accuracy {"|".join(ACCURACY[dest])}' if dest in ACCURACY else '--' + dest.replace('_', '-')
+def spelled(dest, policy_settings=None):
+    """How the command line gives a setting: its flag, the flag whose value holds it (SPELLED), or, for a policy's
+    own setting (policy_settings: {dest: policy name}), --policy NAME:its-name."""
+    if dest in (policy_settings or {}):
+        return f'--policy {policy_settings[dest]}:{dest.replace("_", "-")}'
+    return SPELLED.get(dest, '--' + dest.replace('_', '-'))
 
 
 def expand(given):
-    """The flags given, {dest: value}, with the settings of --lr-schedule and --accuracy each under its own dest."""
+    """The flags given, {dest: value}, with each setting of a flag that sets several (FLAG_SETTINGS, --policy's) under
+    its own dest."""
     out = {}
     for dest, value in given.items():
-        out.update(value if dest in ('lr_schedule', 'accuracy') else {dest: value})
+        out.update(value if isinstance(value, dict) else {dest: value})
     return out
 
 
 def upgrade(argv):
-    """A command of an earlier release (list of arguments) in today's flags: --acc-source, --train-acc and --acc-seed
-    become --accuracy; --lr-milestones, --lr-factor and --lr-gamma join --lr-schedule, each where the first of the
-    flags it replaces stood. The run is the same."""
-    out, words, parts, at = [], [], {}, {}
+    """A command of an earlier release (list of arguments) in today's flags: each flag of RENAMED joins the flag that
+    took it in (--rampup-steps 65 --rampup-start 0.05 -> --rampup 65:0.05; --warm-until 30 -> --policy
+    warm-start:warm-until=30), where the first of the flags it joins stood; --cache-dir goes (an environment
+    variable now). The run is the same."""
+    out, parts, at = [], {}, {}
     i = 0
     while i < len(argv):
         name, eq, value = argv[i].partition('=')
-        if name in RENAMED or name == '--lr-schedule':
-            if not eq:
+        kind = RENAMED[name].split()[0] if name in RENAMED else name
+        if kind in COMPOSE or name == '--cache-dir':
+            if not eq and name != '--pretrained':
                 i, value = i + 1, argv[i + 1]
-            kind = '--accuracy' if RENAMED.get(name) == '--accuracy' else '--lr-schedule'
-            if kind not in at:
-                at[kind] = len(out)
-                out.append(kind)
-            if kind == '--accuracy':
-                words.append(value)
-            else:
-                parts[name] = value
+            if name != '--cache-dir':
+                if kind not in at:
+                    at[kind] = len(out)
+                    out.append(kind)
+                parts.setdefault(kind, {})[name] = value
         else:
             out.append(argv[i])
         i += 1
+    for kind in sorted(at, key=at.get, reverse=True):  # from the back, so that the positions still hold
+        value = COMPOSE[kind](parts[kind])
+        if value:
+            out.insert(at[kind] + 1, value)
+        else:  # e.g. --lr-milestones without --lr-schedule: it did nothing then (refused since), nothing now
+            del out[at[kind]]
+    return out
+
+
+def _settings(name, parts, own):
+    """NAME[:KEY=VALUE,...] from an earlier release's flags ({flag: value}); the name's flag is `own`."""
+    settings = ','.join(f'{flag[2:]}={value}' for flag, value in parts.items() if flag != own)
+    return name and name + (':' + settings if settings else '')
+
+
+def _lr_schedule(parts):
     schedule = parts.get('--lr-schedule')
     if schedule == 'multistep' and '--lr-milestones' in parts:
         schedule += ':' + parts['--lr-milestones'] + (':' + parts['--lr-factor'] if '--lr-factor' in parts else '')
     elif schedule == 'exponential' and '--lr-gamma' in parts:
         schedule += ':' + parts['--lr-gamma']
-    values = {'--accuracy': ','.join(words), '--lr-schedule': schedule}
-    for kind in sorted(at, key=at.get, reverse=True):  # from the back, so that the positions still hold
-        if values[kind]:
-            out.insert(at[kind] + 1, values[kind])
-        else:  # --lr-milestones without --lr-schedule: it did nothing then (refused since), nothing now
-            del out[at[kind]]
-    return out
+    return schedule
+
+
+def _strong_augment(parts):
+    words = [f'{flag[2:]}:{value}' for flag, value in parts.items()
+             if flag in ('--randaugment', '--augmix', '--cutout', '--strong-augment') and value != '0']
+    words = [w[len('strong-augment:'):] if w.startswith('strong-augment:') else w for w in words]
+    return words and '+'.join(words + (['weak-guess'] if parts.get('--guess-views') == 'weak' else []))
+
+
+# How each flag that took in flags of an earlier release writes their values ({flag: value}, in the command's order).
+COMPOSE = {
+    '--accuracy': lambda parts: ','.join(parts.values()),
+    '--lr-schedule': _lr_schedule,
+    '--dataset': lambda parts: _settings(parts.get('--dataset'), parts, '--dataset'),
+    '--policy': lambda parts: _settings(parts.get('--policy'), parts, '--policy'),
+    '--strong-augment': _strong_augment,
+    '--init': lambda parts: 'imagenet' if '--pretrained' in parts and '--init' not in parts else parts.get('--init'),
+    '--mix': lambda parts: parts.get('--mix', 'mixup') + (':' + parts['--alpha'] if '--alpha' in parts else ''),
+    '--rampup': lambda parts: parts.get('--rampup') or ('--rampup-steps' in parts and parts['--rampup-steps'] + (
+        ':' + parts['--rampup-start'] if '--rampup-start' in parts else '')),
+    '--batch-size': lambda parts: parts.get('--batch-size', str(DEFAULTS['batch_size'])) + (
+        ',' + parts['--unlabeled-batch-size'] if '--unlabeled-batch-size' in parts else ''),
+}
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -394,27 +547,49 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser(description, add_method_flags, policies, defaults=None, not_read=frozenset()):
-    """The shared flags, then the family's (add_method_flags returns its argument group) and --policy. The shared
+    """The shared flags, then the family's (add_method_flags returns its argument group) and --policy, which takes
+    each policy's own settings after its name: those in its FLAGS that have no flag (policy_settings). The shared
     flags in not_read (a script that does not use them) are left out of --help; --help shows every other flag's
     default as this script resolves it (DEFAULTS, then the script's defaults, then finish_args)."""
     parser = OneLineParser(description=description, parents=[common_parser()], argument_default=argparse.SUPPRESS,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     group = add_method_flags(parser)
-    group.add_argument('--policy', choices=list(policies),
-                       help='which of this family\'s policies decides the kept images (classes in train.py)')
-    parser.inline_defaults = {}  # a flag added with default=... (as etc/policies.md shows) has it there
+    parser.inline_defaults = {}  # a flag added with default=... has it there
     for action in parser._actions:
-        if action.dest in not_read:
+        if set(FLAG_SETTINGS.get(action.dest, (action.dest,))) <= set(not_read):
             action.help = argparse.SUPPRESS
         if action.default is not argparse.SUPPRESS and action.dest != 'help':
             parser.inline_defaults[action.dest], action.default = action.default, argparse.SUPPRESS
     values = script_defaults(parser, defaults, policies)
-    missing = {a.dest for a in parser._actions} - set(values) - {'help', 'accuracy'}
+    flagged = {a.dest for a in parser._actions}
+    kinds = {name: {d: setting_type(values[d]) for d in cls.FLAGS if d not in flagged and d not in DEFAULTS}
+             for name, cls in policies.items()}
+    parser.policy_settings = {d: name for name, settings in kinds.items() for d in settings}
+    shown = '\n  '.join(name + (':' + ','.join(f'{d.replace("_", "-")}={fmt(values[d])}' for d in settings)
+                                 if settings else '') for name, settings in kinds.items())
+    group.description = ((group.description + '\n' if group.description else '') + 'A policy takes its own settings after '
+                         'its name (their defaults, DEFAULTS in train.py, shown here):\n  ' + shown)
+    group.add_argument('--policy', type=lambda text: settings_value(text, kinds, 'policy'), metavar='NAME[:SETTINGS]',
+                       help='which of this family\'s policies (classes in train.py) decides the kept images')
+    missing = flagged - set(values) - {'help'} - set(FLAG_SETTINGS)
     assert not missing, f'no default for {", ".join(sorted(missing))}: give it in the script\'s DEFAULTS'
     resolved = vars(finish_args(argparse.Namespace(**values), None))
-    resolved['accuracy'] = ','.join(resolved[dest] for dest in ACCURACY)
+    resolved.update(accuracy=','.join(resolved[dest] for dest in ACCURACY), mix=f'{resolved["mix"]}:{fmt(resolved["alpha"])}',
+                    rampup=fmt(resolved['rampup_steps']) + (f':{fmt(resolved["rampup_start"])}' if resolved['rampup_start']
+                                                            else ''),
+                    batch_size=','.join(map(str, dict.fromkeys((resolved['batch_size'], resolved['unlabeled_batch_size'])))))
     parser.formatter_class = type('ScriptDefaults', (DefaultsHelpFormatter,), {'defaults': resolved})
     return parser
+
+
+def setting_type(default):
+    """The type of a policy's own setting: its default's (a number when the default is None: it follows another)."""
+    return float if default is None else type(default)
+
+
+def fmt(value):
+    """A value as --help and the policies' settings show it."""
+    return f'{value:g}' if isinstance(value, float) else 'V' if value is None else str(value)
 
 
 def script_defaults(parser, defaults, policies):
@@ -433,7 +608,8 @@ def parse(argv, description, method, add_method_flags, check_method_args, polici
     policy = policies[args.policy]
     if set(given) & not_read:
         raise UserError(f'{", ".join(sorted(map(spelled, set(given) & not_read)))}: not read by {method} (see --help)')
-    refuse_flags_without_effect(args, set(given), family, set(policy.FLAGS), policy.reads_train_acc(args))
+    refuse_flags_without_effect(args, set(given), family, set(policy.FLAGS), policy.reads_train_acc(args),
+                                parser.policy_settings)
     if args.preset:  # the flags given on the command line win over the preset's
         ramp = None if args.labeled_only else {'mixmatch': 'original', 'meanteacher': 'length'}.get(method)
         for dest, value in preset_flags(args.preset, ramp).items():
@@ -444,7 +620,7 @@ def parse(argv, description, method, add_method_flags, check_method_args, polici
     return args
 
 
-def refuse_flags_without_effect(args, given, family, read_by_policy, reads_train_acc):
+def refuse_flags_without_effect(args, given, family, read_by_policy, reads_train_acc, policy_settings=None):
     """A flag given on the command line that would change nothing is an error: the user meant something."""
     if args.evaluate:
         rules = [(True, given - EVALUATE_FLAGS, 'with --evaluate, which takes it from the checkpoint (it reads only '
@@ -458,19 +634,15 @@ def refuse_flags_without_effect(args, given, family, read_by_policy, reads_train
              f'with --policy {args.policy}, which does not read it'),
             (not reads_train_acc, given & {'train_acc'},
              f'with --policy {args.policy} as given, which does not read the train accuracy'),
-            (args.rampup_steps == 0, given & {'rampup_start'}, 'with --rampup-steps 0 (a constant weight)'),
-            (args.dataset != 'folder', given & {'image_size', 'num_classes', 'cache_dir'},
-             f'with --dataset {args.dataset}: only --dataset folder decodes images'),
+            (args.rampup_steps == 0, given & {'rampup_start'}, 'with --rampup 0 (a constant weight)'),
             (args.dataset == 'folder' and not args.pretrained, given & {'download'},
-             'with --dataset folder and no --pretrained: there is nothing to download'),
-            (args.alpha == 0, given & {'mix'}, 'with --alpha 0 (no mixing)'),
-            (not (args.randaugment or args.augmix or args.cutout), given & {'guess_views'},
-             'without --randaugment, --augmix or --cutout (the views are crop + flip alone)'),
+             'with --dataset folder and no --init imagenet: there is nothing to download'),
+            (args.alpha == 0 and args.mix != 'mixup', given & {'mix'}, 'with ALPHA 0 (no mixing)'),
         ]
     for applies, dests, why in rules:
         if applies and dests:
             verb = 'has' if len(dests) == 1 else 'have'
-            raise UserError(f'{", ".join(sorted(map(spelled, dests)))} {verb} no effect {why}')
+            raise UserError(f'{", ".join(sorted(spelled(d, policy_settings) for d in dests))} {verb} no effect {why}')
 
 
 def finish_args(args, method):
@@ -480,32 +652,34 @@ def finish_args(args, method):
             setattr(args, dest, values[getattr(args, flag)])
     if args.unlabeled_batch_size is None:
         args.unlabeled_batch_size = args.batch_size
+    if args.cache_dir is None:
+        args.cache_dir = os.environ.get('ADTHMIX_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'adthmix')
     if args.acc_window is None:
         args.acc_window = epoch_steps(args.steps)
     if args.n_labeled is None and args.dataset != 'folder':
         args.n_labeled = 250
     checks = [
         (args.batch_size >= 1, '--batch-size must be at least 1'),
-        (args.unlabeled_batch_size >= 1, '--unlabeled-batch-size must be at least 1'),
+        (args.unlabeled_batch_size >= 1, '--batch-size B,BU: BU must be at least 1'),
         (args.lambda_u >= 0, '--lambda-u must be >= 0'),
         (args.K >= 1, '--K must be at least 1'),
         (args.T > 0, '--T must be > 0'),
-        (args.alpha >= 0, '--alpha must be >= 0'),
+        (args.alpha >= 0, '--mix NAME:ALPHA needs ALPHA >= 0'),
         (args.lr > 0, '--lr must be > 0'),
         (0 <= args.ema_decay < 1, '--ema-decay must be in [0, 1)'),
-        (args.rampup_steps >= 0 and 0 <= args.rampup_start <= 1,
-         '--rampup-steps must be >= 0 and --rampup-start in [0, 1]'),
+        (args.rampup_steps >= 0 and 0 <= args.rampup_start <= 1, '--rampup STEPS:START needs STEPS >= 0 and START in '
+                                                                  '[0, 1]'),
         (min(args.steps, args.eval_every, args.print_every, args.acc_window) >= 1,
          '--steps, --eval-every, --print-every and --acc-window must be at least 1'),
         (args.n_labeled is None or args.n_labeled >= 1, '--n-labeled must be at least 1'),
         (args.n_val is None or args.n_val >= 0, '--n-val must be >= 0'),
-        (args.image_size is None or args.image_size >= 8, '--image-size must be at least 8'),
+        (args.image_size is None or args.image_size >= 8, '--dataset folder:image-size must be at least 8'),
         (not (args.drop_unkept and args.compile != 'off'), '--drop-unkept makes batch shapes vary; it cannot be '
                                                             'combined with --compile'),
-        (args.cutout >= 0, f'--cutout {args.cutout} must be >= 0 pixels (0: off)'),
+        (args.cutout >= 0, f'--strong-augment cutout:{args.cutout} must be >= 0 pixels (0: off)'),
         (args.rot_weight >= 0, '--rot-weight must be >= 0'),
         (0 <= args.augmix <= augment.AUGMIX_MAX_SEVERITY,
-         f'--augmix {args.augmix} must be a severity in 1-{augment.AUGMIX_MAX_SEVERITY} (0: off)'),
+         f'--strong-augment augmix:{args.augmix} must be a severity in 1-{augment.AUGMIX_MAX_SEVERITY} (0: off)'),
         (args.lr_schedule != 'multistep' or args.lr_milestones,
          '--lr-schedule multistep needs its steps: multistep:S1,S2[:FACTOR]'),
         (not args.lr_milestones or (list(args.lr_milestones) == sorted(set(args.lr_milestones))

@@ -1,7 +1,7 @@
 """MixMatch (Berthelot et al. 2019), the paper's baseline: every unlabeled image trains. K augmentations of each
 unlabeled image are guessed (mean softmax, sharpened), labeled and unlabeled images are mixed up, and the model
 trains with cross-entropy on the labeled rows and an MSE on the unlabeled rows, whose weight ramps up linearly
-over --rampup-steps.
+over --rampup.
 
     python mixmatch/train.py                                  # MixMatch, MSE, lambda_u 75 (session 405)
     python mixmatch/train.py --labeled-only                   # the tables' baseline: the labeled images alone
@@ -27,25 +27,21 @@ DEFAULTS = {
     'policy': 'all',
     'loss': 'mse',            # MixMatch's; --lambda-u follows it: 75
     'rampup_steps': 16000,    # MixMatch's 16 "epochs" of 1024 steps
-    'mixed_threshold': 0.9,   # mixed-loss: the notes'
-    'lambda_t': None,         # mixed-loss: --lambda-u, as the original
+    # the policies' own settings: --policy mixed-loss:mixed-threshold=0.9,lambda-t=2
+    'mixed_threshold': 0.9,   # mixed-loss: the second term's rows are those whose image reaches it (the notes')
+    'lambda_t': None,         # mixed-loss: the second term's constant weight (None: --lambda-u, as the original)
 }
 
 
 def add_method_flags(parser):
-    g = parser.add_argument_group('pseudo-label policy: none (every unlabeled image trains)')
-    g.add_argument('--mixed-threshold', type=float,
-                   help='mixed-loss: the second term\'s rows are those whose own image reaches this (the notes: 0.9)')
-    g.add_argument('--lambda-t', type=float,
-                   help='mixed-loss: the second term\'s constant weight (--lambda-u unless given, as the original)')
-    return g
+    return parser.add_argument_group('pseudo-label policy: none (every unlabeled image trains)')
 
 
 def check_method_args(args):
     if args.drop_unkept:
         raise UserError('--drop-unkept has no effect: MixMatch keeps every unlabeled image')
     if not 0 < args.mixed_threshold <= 1 or (args.lambda_t or 0) < 0:
-        raise UserError('--mixed-threshold must be in (0, 1] and --lambda-t >= 0')
+        raise UserError('--policy mixed-loss: mixed-threshold must be in (0, 1] and lambda-t >= 0')
 
 
 def run_tag(args):
@@ -54,13 +50,13 @@ def run_tag(args):
 
 
 class KeepAll(Policy):
-    """MixMatch: every guessed image trains, with the unlabeled weight ramped up over --rampup-steps."""
+    """MixMatch: every guessed image trains, with the unlabeled weight ramped up over --rampup."""
 
 
 class MixedLoss(KeepAll):
     """Session 409: MixMatch's term over every image with its ramped weight, plus a second term of the same
-    loss, with the constant weight --lambda-t, over the mixed rows whose own image's confidence reaches
-    --mixed-threshold (logged as policy_loss_t)."""
+    loss, with the constant weight lambda-t, over the mixed rows whose own image's confidence reaches
+    mixed-threshold (logged as policy_loss_t)."""
     FLAGS = ('mixed_threshold', 'lambda_t')
 
     def loss(self, rows, u, ctx):

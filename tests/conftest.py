@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +13,9 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('mixmatch', 'fixed', 'adaptive')
 sys.path.insert(0, os.path.join(REPO, 'mixmatch'))
+
+# Decoded folders are cached where $ADTHMIX_CACHE says: for the tests (and the scripts they run), a fresh folder.
+os.environ['ADTHMIX_CACHE'] = tempfile.mkdtemp(prefix='adthmix-test-cache-')
 
 import loop  # noqa: E402  (the shared modules, from mixmatch/)
 import semisup  # noqa: E402
@@ -76,11 +80,11 @@ def plain_folder(tmp_path):
     return make_plain_folder(str(tmp_path / 'images'))
 
 
-def tiny_run_args(data_root, out, cache, steps=4, eval_every=2):
+def tiny_run_args(data_root, out, steps=4, eval_every=2):
     """Flags for a seconds-long CPU run on a tiny image folder."""
-    return ['--dataset', 'folder', '--data-root', data_root, '--image-size', 16, '--n-val', 6, '--batch-size', 8,
+    return ['--dataset', 'folder:image-size=16', '--data-root', data_root, '--n-val', 6, '--batch-size', 8,
             '--steps', steps, '--eval-every', eval_every, '--print-every', 1, '--acc-window', 2,
-            '--out', out, '--cache-dir', cache, '--device', 'cpu']
+            '--out', out, '--device', 'cpu']
 
 
 def make_guess(mean_prob, T=0.5):

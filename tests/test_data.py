@@ -135,13 +135,13 @@ def folder_of(root, sizes, mode):
 
 
 def test_small_folder_images_keep_their_size_and_grey_ones_one_channel(tmp_path):
-    """Without --image-size, images of at most 64 px a side are decoded at their own size (the largest short
+    """Without an image-size, images of at most 64 px a side are decoded at their own size (the largest short
     side), not upscaled to 96; grey ones keep one channel, so that a Fashion-MNIST checkpoint fits them."""
     root = folder_of(str(tmp_path / 'grey'), [(28, 28)] * 9, 'L')
     ds = data.load_dataset('folder', root, cache_dir=str(tmp_path / 'cache'))
     assert ds.train_images.shape == (9, 1, 28, 28)
-    assert ds.note == ('folder images: 28 x 28 px, their own size (none is over 64 px a side; --image-size N '
-                       'resizes them); every image is grey: 1 channel')
+    assert ds.note == ('folder images: 28 x 28 px, their own size (none is over 64 px a side; --dataset '
+                       'folder:image-size=N resizes them); every image is grey: 1 channel')
     again = data.load_dataset('folder', root, cache_dir=str(tmp_path / 'cache'))       # from the cache: the same
     assert torch.equal(again.train_images, ds.train_images) and again.note == ds.note
     from PIL import Image
@@ -157,7 +157,7 @@ def test_large_folder_images_are_resized_to_96_and_an_explicit_size_wins(tmp_pat
     ds = data.load_dataset('folder', root, cache_dir=None)
     assert ds.train_images.shape[1:] == (3, 96, 96) and 'some are over 64 px a side' in ds.note
     ds = data.load_dataset('folder', root, image_size=32, cache_dir=None)
-    assert ds.train_images.shape[1:] == (3, 32, 32) and '32 x 32 px (--image-size' in ds.note
+    assert ds.train_images.shape[1:] == (3, 32, 32) and '32 x 32 px (--dataset folder:image-size' in ds.note
 
 
 def test_a_validation_set_under_10_images_per_class_is_warned_about():

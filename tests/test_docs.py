@@ -60,7 +60,11 @@ def test_help_shows_the_default_each_flag_runs_with(method):
         flag = a.option_strings[-1]
         if a.help == argparse.SUPPRESS or a.nargs == 0 or not flag.startswith('--'):
             continue
-        value = ','.join(getattr(args, d) for d in flags.ACCURACY) if a.dest == 'accuracy' else getattr(args, a.dest)
+        value = {'accuracy': ','.join(getattr(args, d) for d in flags.ACCURACY),  # the flags that carry several
+                 'mix': f'{args.mix}:{args.alpha:g}', 'rampup': f'{args.rampup_steps}' + (f':{args.rampup_start:g}' if
+                                                                                         args.rampup_start else ''),
+                 'batch_size': ','.join(dict.fromkeys(map(str, (args.batch_size, args.unlabeled_batch_size)))),
+                 'strong_augment': None}.get(a.dest, getattr(args, a.dest, None))
         if value is None:  # off, or decided from the data (--n-val, --out): the help says how
             assert flag not in shown, flag
         else:
@@ -71,9 +75,9 @@ def test_help_shows_the_default_each_flag_runs_with(method):
 def test_help_gives_each_methods_defining_settings():
     """The settings that make each method what it is, as --help states them."""
     expected = {
-        'mixmatch': {'--loss': 'mse', '--lambda-u': '75', '--rampup-steps': '16000', '--acc-window': '218'},
-        'fixed': {'--loss': 'mse', '--lambda-u': '75', '--rampup-steps': '0', '--threshold': '0.8'},
-        'adaptive': {'--loss': 'ce', '--lambda-u': '1', '--rampup-steps': '0', '--min-th': '0.5',
+        'mixmatch': {'--loss': 'mse', '--lambda-u': '75', '--rampup': '16000', '--acc-window': '218'},
+        'fixed': {'--loss': 'mse', '--lambda-u': '75', '--rampup': '0', '--threshold': '0.8'},
+        'adaptive': {'--loss': 'ce', '--lambda-u': '1', '--rampup': '0', '--min-th': '0.5',
                      '--acc-window': '218'},
     }
     for method, values in expected.items():

@@ -43,12 +43,11 @@ def test_learning_rate_at_given_steps_for_each_schedule():
 def test_a_resumed_run_continues_the_schedule_exactly(images, tmp_path):
     """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit; the log gives each evaluation's
     learning rate (the one the last step used)."""
-    cache = tmp_path / 'cache'
     flags = ['--lr-schedule', 'multistep:1,3:0.1']
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-    assert run_script('mixmatch', *tiny_run_args(images, straight, cache, steps=6), *flags).returncode == 0
-    assert run_script('mixmatch', *tiny_run_args(images, split, cache, steps=4), *flags).returncode == 0
-    r = run_script('mixmatch', *tiny_run_args(images, split, cache, steps=6), *flags, '--resume', 'auto')
+    assert run_script('mixmatch', *tiny_run_args(images, straight, steps=6), *flags).returncode == 0
+    assert run_script('mixmatch', *tiny_run_args(images, split, steps=4), *flags).returncode == 0
+    r = run_script('mixmatch', *tiny_run_args(images, split, steps=6), *flags, '--resume', 'auto')
     assert r.returncode == 0, r.stderr
     a = torch.load(os.path.join(straight, 'checkpoint.pt'), weights_only=True)
     b = torch.load(os.path.join(split, 'checkpoint.pt'), weights_only=True)
@@ -61,10 +60,10 @@ def test_a_resumed_run_continues_the_schedule_exactly(images, tmp_path):
 
 @pytest.mark.slow
 def test_flags_given_on_resume_win_over_the_schedule_saved(images, tmp_path):
-    cache, out = tmp_path / 'cache', str(tmp_path / 'run')
+    out = str(tmp_path / 'run')
     flags = ['--lr-schedule']
-    assert run_script('mixmatch', *tiny_run_args(images, out, cache, steps=4), *flags, 'exponential:0.5').returncode == 0
-    r = run_script('mixmatch', *tiny_run_args(images, out, cache, steps=6), *flags, 'exponential:0.9', '--resume', 'auto')
+    assert run_script('mixmatch', *tiny_run_args(images, out, steps=4), *flags, 'exponential:0.5').returncode == 0
+    r = run_script('mixmatch', *tiny_run_args(images, out, steps=6), *flags, 'exponential:0.9', '--resume', 'auto')
     assert r.returncode == 0, r.stderr
     assert 'resumed' in r.stdout and 'at step 4; from step 4 on: lr_gamma 0.5 -> 0.9, steps 4 -> 6' in r.stdout
     records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
@@ -72,7 +71,7 @@ def test_flags_given_on_resume_win_over_the_schedule_saved(images, tmp_path):
     change = {'step': 4, 'flags': {'lr_gamma': [0.5, 0.9], 'steps': [4, 6]}}
     assert [x.get('flag_changes') for x in records] == [None, None, [change]]  # the records after the resume
     assert torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)['meta']['flag_changes'] == [change]
-    r = run_script('mixmatch', *tiny_run_args(images, out, cache, steps=8), *flags, 'exponential:0.9', '--resume', 'auto')
+    r = run_script('mixmatch', *tiny_run_args(images, out, steps=8), *flags, 'exponential:0.9', '--resume', 'auto')
     assert r.returncode == 0 and 'from step 6 on: steps 6 -> 8' in r.stdout, r.stderr
     later = {'step': 6, 'flags': {'steps': [6, 8]}}  # a second resume adds its own change to the first
     assert torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)['meta']['flag_changes'] == [change, later]
@@ -128,10 +127,9 @@ def test_init_loads_the_backbone_and_a_head_of_another_class_count_starts_anew(t
 
 @pytest.mark.slow
 def test_a_run_starts_from_another_runs_checkpoint_with_init(images, tmp_path):
-    cache = tmp_path / 'cache'
     first, second = str(tmp_path / 'first'), str(tmp_path / 'second')
-    assert run_script('mixmatch', *tiny_run_args(images, first, cache)).returncode == 0
-    r = run_script('adaptive', *tiny_run_args(images, second, cache, steps=2), '--init', f'{first}/best.pt')
+    assert run_script('mixmatch', *tiny_run_args(images, first)).returncode == 0
+    r = run_script('adaptive', *tiny_run_args(images, second, steps=2), '--init', f'{first}/best.pt')
     assert r.returncode == 0, r.stderr
     assert f'--init: every weight from {first}/best.pt, a mixmatch checkpoint (3 classes)' in r.stdout
 
@@ -139,8 +137,8 @@ def test_a_run_starts_from_another_runs_checkpoint_with_init(images, tmp_path):
 @pytest.mark.slow
 def test_augmentation_flags_train_end_to_end(images, tmp_path):
     out = str(tmp_path / 'run')
-    r = run_script('mixmatch', *tiny_run_args(images, out, tmp_path / 'cache', steps=2), '--randaugment', '2,9',
-                   '--augmix', '3', '--cutout', '4', '--mix', 'cutmix')
+    r = run_script('mixmatch', *tiny_run_args(images, out, steps=2), '--strong-augment',
+                   'randaugment:2,9+augmix:3+cutout:4', '--mix', 'cutmix')
     assert r.returncode == 0, r.stderr
     assert 'augment padcrop + randaugment (2, 9) + augmix 3 + cutout 4' in r.stdout
     ckpt = torch.load(os.path.join(out, 'checkpoint.pt'), weights_only=True)
@@ -151,8 +149,8 @@ def test_augmentation_flags_train_end_to_end(images, tmp_path):
 @pytest.mark.parametrize('system', ['etc/fixmatch', 'etc/meanteacher'])
 def test_fixmatch_and_mean_teacher_train_20_steps_and_evaluate(system, images, tmp_path):
     out = str(tmp_path / 'run')
-    r = run_script(system, *tiny_run_args(images, out, tmp_path / 'cache', steps=20, eval_every=10),
-                   '--unlabeled-batch-size', '56', '--rampup-steps', '10')
+    r = run_script(system, *tiny_run_args(images, out, steps=20, eval_every=10),
+                   '--batch-size', '8,56', '--rampup', '10')
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
     assert [x['step'] for x in records] == [10, 20]
@@ -165,13 +163,13 @@ def test_fixmatch_and_mean_teacher_train_20_steps_and_evaluate(system, images, t
     else:  # the sigmoid ramp-up of the consistency weight: exp(-5 (1 - t)^2) of 100
         assert records[0]['lambda_u'] == pytest.approx(100 * math.exp(-5 * (1 - 9 / 10) ** 2))
         assert records[1]['lambda_u'] == 100 and records[0]['mask_ratio'] == 1
-    r = run_script(system, '--evaluate', f'{out}/best.pt', '--device', 'cpu', '--cache-dir', tmp_path / 'cache')
+    r = run_script(system, '--evaluate', f'{out}/best.pt', '--device', 'cpu')
     assert r.returncode == 0 and 'test top-1' in r.stdout, r.stderr
 
 
 @pytest.mark.slow
 def test_fixmatch_refuses_the_flags_of_mixmatchs_step(images, tmp_path):
-    r = run_script('etc/fixmatch', *tiny_run_args(images, str(tmp_path / 'run'), tmp_path / 'cache'), '--K', '3')
+    r = run_script('etc/fixmatch', *tiny_run_args(images, str(tmp_path / 'run')), '--K', '3')
     assert r.returncode == 2 and r.stderr.strip() == 'error: --K: not read by fixmatch (see --help)'
     assert not os.path.exists(tmp_path / 'run')
     help_text = run_script('etc/fixmatch', '--help').stdout
@@ -189,26 +187,26 @@ def test_rotate90_turns_each_image_by_its_own_quarter_turns():
 @pytest.mark.slow
 def test_rotation_loss_trains_a_rotation_head_and_evaluation_ignores_it(images, tmp_path):
     out = str(tmp_path / 'run')
-    r = run_script('adaptive', *tiny_run_args(images, out, tmp_path / 'cache'), '--rot-weight', '10')
+    r = run_script('adaptive', *tiny_run_args(images, out), '--rot-weight', '10')
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
     assert all(x['loss_rot'] > 0 for x in records)  # cross-entropy over 4 rotations
     best = torch.load(os.path.join(out, 'best.pt'), weights_only=True)
     assert best['ema']['heads.rotation.weight'].shape[0] == 4
-    r = run_script('adaptive', '--evaluate', f'{out}/best.pt', '--device', 'cpu', '--cache-dir', tmp_path / 'cache')
+    r = run_script('adaptive', '--evaluate', f'{out}/best.pt', '--device', 'cpu')
     assert r.returncode == 0 and 'test top-1' in r.stdout, r.stderr
 
 
 @pytest.mark.slow
 def test_rotnet_pretraining_starts_a_method_with_init(images, tmp_path):
-    cache, pre, out = tmp_path / 'cache', str(tmp_path / 'rotnet'), str(tmp_path / 'adaptive')
-    r = run_script('etc/rotnet', *tiny_run_args(images, pre, cache, steps=4))
+    pre, out = str(tmp_path / 'rotnet'), str(tmp_path / 'adaptive')
+    r = run_script('etc/rotnet', *tiny_run_args(images, pre, steps=4))
     assert r.returncode == 0, r.stderr
     best = torch.load(os.path.join(pre, 'best.pt'), weights_only=True)
     assert (best['method'], best['num_classes'], best['classes']) == ('rotnet', 4, ['0', '90', '180', '270'])
     records = [json.loads(line) for line in open(os.path.join(pre, 'log.jsonl'))]
     assert all(0 <= x['val_top1'] <= 100 for x in records)  # rotation accuracy on the 4 turns of each val image
-    r = run_script('adaptive', *tiny_run_args(images, out, cache, steps=2), '--init', f'{pre}/best.pt')
+    r = run_script('adaptive', *tiny_run_args(images, out, steps=2), '--init', f'{pre}/best.pt')
     assert r.returncode == 0, r.stderr
     assert (f'--init: the backbone from {pre}/best.pt, a rotnet checkpoint (4 classes); the classifier head is '
             'initialized anew (this run has 3 classes)') in r.stdout
@@ -221,7 +219,8 @@ def test_guess_views_weak_guesses_from_crop_and_flip_and_trains_the_augmented_vi
     from conftest import load_train
     from runtime import Runtime
     train = load_train('adaptive')
-    args = train.get_args(['--cutout', '56', '--guess-views', guess_views, '--device', 'cpu'])
+    args = train.get_args(['--strong-augment', 'cutout:56' + ('+weak-guess' if guess_views == 'weak' else ''),
+                           '--device', 'cpu'])
     args.augment_kind = 'padcrop'
     seen = []
 

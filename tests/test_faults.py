@@ -19,9 +19,9 @@ STEPS = 12
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
     top = tmp_path_factory.mktemp('faults')
-    w = {'top': top, 'cache': str(top / 'cache'), 'images': make_plain_folder(str(top / 'images'))}
+    w = {'top': top, 'images': make_plain_folder(str(top / 'images'))}
     w['reference'] = str(top / 'reference')  # uninterrupted
-    r = run_script('adaptive', *tiny_run_args(w['images'], w['reference'], w['cache'], steps=STEPS, eval_every=4))
+    r = run_script('adaptive', *tiny_run_args(w['images'], w['reference'], steps=STEPS, eval_every=4))
     assert r.returncode == 0, r.stderr
     return w
 
@@ -30,7 +30,7 @@ def start(w, out):
     """The reference run's command, as a process we can signal; returns it once it has printed 'step 6'."""
     env = dict(os.environ, PYTHONUNBUFFERED='1', CUDA_VISIBLE_DEVICES='')
     p = subprocess.Popen([sys.executable, os.path.join(REPO, 'adaptive', 'train.py'),
-                          *map(str, tiny_run_args(w['images'], out, w['cache'], steps=STEPS, eval_every=4))],
+                          *map(str, tiny_run_args(w['images'], out, steps=STEPS, eval_every=4))],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in p.stdout:
         if line.startswith('step 6 '):
@@ -48,7 +48,7 @@ def assert_same_weights(a_dir, b_dir):
 
 
 def resume(w, out):
-    r = run_script('adaptive', *tiny_run_args(w['images'], out, w['cache'], steps=STEPS, eval_every=4),
+    r = run_script('adaptive', *tiny_run_args(w['images'], out, steps=STEPS, eval_every=4),
                    '--resume', 'auto')
     assert r.returncode == 0, r.stderr
     return r
@@ -88,11 +88,11 @@ def test_sigterm_saves_exits_0_and_resumes_exactly(world):
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(world):
     out = str(world['top'] / 'diverged')
-    args = tiny_run_args(world['images'], out, world['cache'], steps=4, eval_every=2) + ['--optimizer', 'sgd']
+    args = tiny_run_args(world['images'], out, steps=4, eval_every=2) + ['--optimizer', 'sgd']
     assert run_script('adaptive', *args).returncode == 0
     ckpt = os.path.join(out, 'checkpoint.pt')
     before = hashlib.sha256(open(ckpt, 'rb').read()).hexdigest()
-    args = tiny_run_args(world['images'], out, world['cache'], steps=8, eval_every=2)
+    args = tiny_run_args(world['images'], out, steps=8, eval_every=2)
     r = run_script('adaptive', *args, '--optimizer', 'sgd', '--lr', '1e30', '--resume', 'auto')
     assert r.returncode == 1
     assert 'error: non-finite loss at step 6; stopping' in r.stderr and 'Traceback' not in r.stderr
@@ -147,7 +147,7 @@ def test_torchrun_two_gloo_processes_train_identical_weights_and_write_once(worl
     env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1')
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                         os.path.join(REPO, 'adaptive', 'train.py'),
-                        *map(str, tiny_run_args(world['images'], out, world['cache'], steps=4, eval_every=2))],
+                        *map(str, tiny_run_args(world['images'], out, steps=4, eval_every=2))],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     digests = [line.split()[-1] for line in r.stdout.splitlines() if 'parameters sha256' in line]

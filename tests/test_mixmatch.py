@@ -53,7 +53,7 @@ def test_mixmatch_rampup_is_linear_and_exact():
     assert args.rampup_steps == 16000 and args.lambda_u == 75 and args.loss == 'mse'
     policy = train.POLICIES[args.policy](args, 10, 100)
     assert [policy.lambda_u(s) for s in (0, 8000, 16000, 50000)] == [0.0, 37.5, 75.0, 75.0]
-    args = train.get_args(['--rampup-steps', '0', '--lambda-u', '3'])
+    args = train.get_args(['--rampup', '0', '--lambda-u', '3'])
     assert train.POLICIES[args.policy](args, 10, 100).lambda_u(0) == 3.0
 
 

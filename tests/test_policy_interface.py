@@ -34,16 +34,18 @@ def readme_example():
 
 
 def readme_second_example():
-    """etc/policies.md's policy with a flag of its own: (the flag's line, the class, the entry it adds to POLICIES)."""
+    """etc/policies.md's policy with a setting of its own: (its DEFAULTS line, the class, the entry it adds to
+    POLICIES)."""
     part = open(os.path.join(REPO, 'etc', 'policies.md')).read().split('\n\n', 2)[2]
-    flag, code = (textwrap.dedent(b).strip() + '\n' for b in re.findall(r'\n\n((?:    .*\n|\n)+)', part)[:2])
-    return flag, code, re.search(r"adding `([^`]+)` to it", part).group(1)
+    line, code = (textwrap.dedent(b).strip() + '\n' for b in re.findall(r'\n\n((?:    .*\n|\n)+)', part)[:2])
+    return line, code, re.search(r"adding `([^`]+)` to it", part).group(1)
 
 
-def paste_flag(script, line):
-    """train.py with `line` added to add_method_flags, above its `return g`, as the README says."""
-    head, tail = script.split('\n    return g\n', 1)
-    return head + '\n' + textwrap.indent(line, '    ').rstrip('\n') + '\n    return g\n' + tail
+def paste_default(script, line):
+    """train.py with `line` as the last line of its DEFAULTS, as etc/policies.md says."""
+    head, tail = script.split('\nDEFAULTS = {\n', 1)
+    block, rest = tail.split('\n}\n', 1)
+    return head + '\nDEFAULTS = {\n' + block + '\n' + textwrap.indent(line, '    ').rstrip('\n') + '\n}\n' + rest
 
 
 def paste(script, code, entry):
@@ -60,7 +62,7 @@ def world(tmp_path_factory):
     """adaptive/ copied, with the README's example pasted above POLICIES and registered, and the same again
     with the state counted on each process alone."""
     top = tmp_path_factory.mktemp('interface')
-    w = {'top': top, 'images': make_plain_folder(str(top / 'images')), 'cache': str(top / 'cache')}
+    w = {'top': top, 'images': make_plain_folder(str(top / 'images'))}
     example, entry = readme_example()
     assert 'register_buffer' in example and entry == "'class-balanced': ClassBalanced"
     for name, code in (('good', example), ('local', example.replace('ctx.rt.all_reduce(kept_now)', 'kept_now'))):
@@ -73,7 +75,7 @@ def world(tmp_path_factory):
 
 def command(script, w, out, *extra, steps=STEPS, eval_every=4):
     return [sys.executable, script, '--policy', 'class-balanced',
-            *map(str, tiny_run_args(w['images'], out, w['cache'], steps=steps, eval_every=eval_every)), *extra]
+            *map(str, tiny_run_args(w['images'], out, steps=steps, eval_every=eval_every)), *extra]
 
 
 def run(cmd, **kw):
@@ -95,27 +97,27 @@ def test_the_readme_example_trains_with_its_state_in_the_checkpoint(world):
 
 
 @pytest.mark.slow
-def test_the_readme_policy_with_its_own_flag_follows_its_schedule_over_the_run(world):
-    """The second example as the README gives it: its flag is in --help and refused with another policy, and the
-    threshold it logs is the schedule's, averaged over each evaluation window (ctx.progress = step / steps)."""
-    flag, code, entry = readme_second_example()
-    assert entry == "'anneal': Anneal" and "'--start-th'" in flag and 'ctx.progress' in code
+def test_the_readme_policy_with_its_own_setting_follows_its_schedule_over_the_run(world):
+    """The second example as etc/policies.md gives it: its setting is in --help and refused with another policy,
+    and the threshold it logs is the schedule's, averaged over each evaluation window (ctx.progress = step / steps)."""
+    line, code, entry = readme_second_example()
+    assert entry == "'anneal': Anneal" and "'start_th'" in line and 'ctx.progress' in code
     folder = world['top'] / 'anneal' / 'adaptive'
     shutil.copytree(os.path.join(REPO, 'adaptive'), folder, ignore=shutil.ignore_patterns('__pycache__'))
     script = folder / 'train.py'
-    script.write_text(paste(paste_flag(script.read_text(), flag), code, entry))
+    script.write_text(paste(paste_default(script.read_text(), line), code, entry))
     out = str(world['top'] / 'anneal-run')
-    args = tiny_run_args(world['images'], out, world['cache'], steps=STEPS, eval_every=4)
-    r = run([sys.executable, str(script), '--policy', 'anneal', '--start-th', '0.9', *map(str, args)])
+    args = tiny_run_args(world['images'], out, steps=STEPS, eval_every=4)
+    r = run([sys.executable, str(script), '--policy', 'anneal:start-th=0.9', *map(str, args)])
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
     assert [x['step'] for x in records] == [4, 8, 12, 16, 20]
     for x in records:
         schedule = [0.9 + (0.5 - 0.9) * step / STEPS for step in range(x['step'] - 4, x['step'])]
         assert x['threshold'] == pytest.approx(sum(schedule) / 4, abs=1e-6)
-    assert '--start-th' in run([sys.executable, str(script), '--help']).stdout
-    r = run([sys.executable, str(script), '--policy', 'accuracy', '--start-th', '0.9', *map(str, args)])
-    assert r.returncode == 2 and '--start-th has no effect with --policy accuracy' in r.stderr
+    assert 'anneal:start-th=0.95' in run([sys.executable, str(script), '--help']).stdout
+    r = run([sys.executable, str(script), '--policy', 'accuracy:start-th=0.9', *map(str, args)])
+    assert r.returncode == 2 and "'accuracy:start-th=0.9': accuracy takes no settings" in r.stderr
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ def images(tmp_path_factory):
 @pytest.mark.parametrize('method', METHODS)
 def test_script_trains_and_writes_its_run_directory(method, images, tmp_path):
     out = str(tmp_path / 'run')
-    r = run_script(method, *tiny_run_args(images, out, tmp_path / 'cache'))
+    r = run_script(method, *tiny_run_args(images, out))
     assert r.returncode == 0, r.stderr
     assert re.search(r'^git \S+ +torch', r.stdout, re.M) and 'args K=2' in r.stdout
     files = set(os.listdir(out))
@@ -53,10 +53,9 @@ def test_script_trains_and_writes_its_run_directory(method, images, tmp_path):
 def test_resume_continues_from_the_saved_step_exactly(images, tmp_path, layout):
     """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit (CPU, default flags); also from
     a checkpoint.pt of the first layout, written before policies kept state."""
-    cache = tmp_path / 'cache'
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-    assert run_script('adaptive', *tiny_run_args(images, straight, cache, steps=6)).returncode == 0
-    assert run_script('adaptive', *tiny_run_args(images, split, cache, steps=4)).returncode == 0
+    assert run_script('adaptive', *tiny_run_args(images, straight, steps=6)).returncode == 0
+    assert run_script('adaptive', *tiny_run_args(images, split, steps=4)).returncode == 0
     if layout == 'format 1':
         path = os.path.join(split, 'checkpoint.pt')
         ckpt = torch.load(path, weights_only=True)
@@ -64,7 +63,7 @@ def test_resume_continues_from_the_saved_step_exactly(images, tmp_path, layout):
             del ckpt[key]
         del ckpt['args']['policy']
         torch.save(ckpt, path)
-    r = run_script('adaptive', *tiny_run_args(images, split, cache, steps=6), '--resume', 'auto')
+    r = run_script('adaptive', *tiny_run_args(images, split, steps=6), '--resume', 'auto')
     assert r.returncode == 0, r.stderr
     assert 'resumed' in r.stdout and 'at step 4' in r.stdout
     a = torch.load(os.path.join(straight, 'checkpoint.pt'), weights_only=True)
@@ -82,7 +81,7 @@ def test_test_set_is_measured_when_val_improves_and_at_the_end(images, tmp_path,
     """The default measures the test set only at a new best val top-1 and at the last step, so the test top-1 at
     best val (best.pt, the tables) is the one every-eval would give; every-eval measures it each time."""
     out = str(tmp_path / 'run')
-    r = run_script('mixmatch', *tiny_run_args(images, out, tmp_path / 'cache', steps=12), '--lr', '0.0001',
+    r = run_script('mixmatch', *tiny_run_args(images, out, steps=12), '--lr', '0.0001',
                    '--test-when', when)
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
@@ -105,11 +104,10 @@ def test_test_set_is_measured_when_val_improves_and_at_the_end(images, tmp_path,
 @pytest.mark.slow
 def test_evaluate_reproduces_the_best_checkpoint_metrics(images, tmp_path):
     out = str(tmp_path / 'run')
-    assert run_script('fixed', *tiny_run_args(images, out, tmp_path / 'cache')).returncode == 0
+    assert run_script('fixed', *tiny_run_args(images, out)).returncode == 0
     metrics = torch.load(os.path.join(out, 'best.pt'), weights_only=True)['metrics']
     for method in METHODS:  # any script evaluates any method's checkpoint
-        r = run_script(method, '--evaluate', os.path.join(out, 'best.pt'), '--cache-dir', tmp_path / 'cache',
-                       '--device', 'cpu')
+        r = run_script(method, '--evaluate', os.path.join(out, 'best.pt'), '--device', 'cpu')
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == f'test top-1 {metrics["test_top1"]:.2f} top-5 {metrics["test_top5"]:.2f}'
 
@@ -156,7 +154,7 @@ def test_masking_equals_dropping_except_for_batchnorm_statistics(monkeypatch):
     keep = torch.tensor([True, False, False, True, True, False, False, False])
     losses = []
     for flags in ([], ['--drop-unkept']):
-        train, args, rt, model, batch = tiny_step_setup('fixed', ['--alpha', '0'] + flags)
+        train, args, rt, model, batch = tiny_step_setup('fixed', ['--mix', 'mixup:0'] + flags)
         monkeypatch.setattr(train.POLICIES[args.policy], 'mask', lambda self, u, ctx: (keep, torch.tensor(0.5)))
         model.eval()
         m = step_once(train, model, rt, args, batch)
@@ -186,17 +184,17 @@ def test_labeled_only_never_looks_at_the_unlabeled_images(method):
 @pytest.mark.slow
 def test_a_finished_run_resumed_is_left_untouched(images, tmp_path):
     """--resume auto on a run that reached --steps: nothing is rewritten (log, TensorBoard, checkpoints), exit 0."""
-    out, cache = str(tmp_path / 'run'), tmp_path / 'cache'
-    assert run_script('fixed', *tiny_run_args(images, out, cache)).returncode == 0
+    out = str(tmp_path / 'run')
+    assert run_script('fixed', *tiny_run_args(images, out)).returncode == 0
     files = lambda: {os.path.join(d, f): (open(os.path.join(d, f), 'rb').read(), os.stat(os.path.join(d, f)).st_mtime_ns)
                      for d, _, names in os.walk(out) for f in names}  # noqa: E731
     before = files()
-    r = run_script('fixed', *tiny_run_args(images, out, cache), '--resume', 'auto')
+    r = run_script('fixed', *tiny_run_args(images, out), '--resume', 'auto')
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f'already finished at step 4 (--steps 4): {out} is left as it is; pass a larger ' \
                                '--steps to train further'
     assert files() == before
-    r = run_script('fixed', *tiny_run_args(images, out, cache), '--resume', 'auto', '--threshold', '0.9')
+    r = run_script('fixed', *tiny_run_args(images, out), '--resume', 'auto', '--threshold', '0.9')
     assert r.returncode == 2 and r.stderr.strip() == (
         f'error: {out} finished at step 4 with other flags (--threshold 0.8, now 0.9): nothing to continue with these;'
         ' start a new run with another --out')                           # nor marked done by etc/reproduce.py
@@ -205,7 +203,7 @@ def test_a_finished_run_resumed_is_left_untouched(images, tmp_path):
 
 @pytest.mark.slow
 def test_a_grey_folder_of_small_images_trains_at_their_size_from_a_fashion_mnist_checkpoint(tmp_path):
-    """Own images as a new user has them: 28-px grey PNGs, no --image-size. The run says the size, channels and
+    """Own images as a new user has them: 28-px grey PNGs, no image-size. The run says the size, channels and
     augmentation it uses, warns that 6 validation images are too few, and starts from a released checkpoint."""
     from PIL import Image
     root = tmp_path / 'grey'
@@ -214,8 +212,8 @@ def test_a_grey_folder_of_small_images_trains_at_their_size_from_a_fashion_mnist
         where.mkdir(parents=True, exist_ok=True)
         Image.fromarray(torch.randint(0, 256, (28, 28), dtype=torch.uint8).numpy(), 'L').save(where / f'{i}.png')
     released = os.path.join(REPO, 'pretrained', 'adaptive-ce-1-medium-v2-s0-b2c12b03.pt')
-    args = tiny_run_args(str(root), str(tmp_path / 'run'), tmp_path / 'cache', steps=2)
-    del args[args.index('--image-size'):args.index('--image-size') + 2]
+    args = tiny_run_args(str(root), str(tmp_path / 'run'), steps=2)
+    args[args.index('folder:image-size=16')] = 'folder'
     r = run_script('adaptive', *args, '--init', released)
     assert r.returncode == 0, r.stderr
     assert '(1, 28, 28) images, augment padcrop' in r.stdout

@@ -93,8 +93,8 @@ def test_a_few_steps_lower_the_contrastive_loss_on_a_fixed_batch(simclr):
 
 @pytest.mark.slow
 def test_simclr_pretrains_and_a_method_starts_from_it(images, tmp_path):
-    cache, pre, out = tmp_path / 'cache', str(tmp_path / 'simclr'), str(tmp_path / 'adaptive')
-    r = run_script('etc/simclr', *tiny_run_args(images, pre, cache, steps=4), env=ONE_THREAD)
+    pre, out = str(tmp_path / 'simclr'), str(tmp_path / 'adaptive')
+    r = run_script('etc/simclr', *tiny_run_args(images, pre, steps=4), env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     best = torch.load(os.path.join(pre, 'best.pt'), weights_only=True)
     assert (best['method'], best['num_classes'], best['classes']) == ('simclr', 3, ['cat', 'dog', 'fox'])
@@ -102,7 +102,7 @@ def test_simclr_pretrains_and_a_method_starts_from_it(images, tmp_path):
     records = [json.loads(line) for line in open(os.path.join(pre, 'log.jsonl'))]
     assert [x['step'] for x in records] == [2, 4]
     assert all(0 <= x['val_top1'] <= x['val_top5'] <= 100 and x['loss_x'] > 0 for x in records)  # retrieval, %
-    r = run_script('adaptive', *tiny_run_args(images, out, cache, steps=2), '--init', f'{pre}/best.pt', env=ONE_THREAD)
+    r = run_script('adaptive', *tiny_run_args(images, out, steps=2), '--init', f'{pre}/best.pt', env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     init = [line for line in r.stdout.splitlines() if line.startswith('--init:')]
     assert init == [f'--init: every weight from {pre}/best.pt, a simclr checkpoint (3 classes)'], r.stdout
@@ -112,11 +112,10 @@ def test_simclr_pretrains_and_a_method_starts_from_it(images, tmp_path):
 def test_simclr_resumes_exactly(images, tmp_path):
     """4 steps, then --resume auto to 6, equals 6 steps in one go, bit for bit. A constant learning rate: the
     default cosine depends on --steps, so a 4-step run has another schedule than a 6-step one."""
-    cache = tmp_path / 'cache'
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
 
     def run(out, steps, *more):
-        return run_script('etc/simclr', *tiny_run_args(images, out, cache, steps=steps), '--lr-schedule', 'constant',
+        return run_script('etc/simclr', *tiny_run_args(images, out, steps=steps), '--lr-schedule', 'constant',
                           *more, env=ONE_THREAD)
 
     assert run(straight, 6).returncode == 0 and run(split, 4).returncode == 0
@@ -157,7 +156,7 @@ def test_evaluation_is_deterministic_and_leaves_the_training_rng_alone(simclr):
     ('--K', '3', '--K: not read by simclr (see --help)'),
 ])
 def test_out_of_range_flags_end_with_one_line(images, tmp_path, flag, value, message):
-    r = run_script('etc/simclr', *tiny_run_args(images, str(tmp_path / 'run'), tmp_path / 'cache'), flag, value,
+    r = run_script('etc/simclr', *tiny_run_args(images, str(tmp_path / 'run')), flag, value,
                    env=ONE_THREAD)
     assert r.returncode == 2 and r.stderr.strip() == f'error: {message}'
     assert not os.path.exists(tmp_path / 'run')

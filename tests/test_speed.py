@@ -35,11 +35,11 @@ def one_step(method, flags, precision, channels_last, compile_backend=None, acc=
 
 @pytest.mark.slow
 def test_bf16_channels_last_computes_the_fp32_losses():
-    plain = one_step('mixmatch', ['--rampup-steps', '0'], 'off', channels_last=False)
-    fast = one_step('mixmatch', ['--rampup-steps', '0'], 'bf16', channels_last=True)
+    plain = one_step('mixmatch', ['--rampup', '0'], 'off', channels_last=False)
+    fast = one_step('mixmatch', ['--rampup', '0'], 'bf16', channels_last=True)
     for key in ('loss_x', 'loss_u', 'confidence'):
         assert fast[key] == pytest.approx(plain[key], rel=3e-2), key
-    same_layout = one_step('mixmatch', ['--rampup-steps', '0'], 'off', channels_last=True)
+    same_layout = one_step('mixmatch', ['--rampup', '0'], 'off', channels_last=True)
     for key in ('loss_x', 'loss_u', 'confidence'):
         assert same_layout[key] == pytest.approx(plain[key], rel=1e-4), key
 
@@ -92,10 +92,10 @@ def test_bench_variants_give_one_row_per_flag_set(tmp_path):
     out = tmp_path / 'bench.json'
     r = subprocess.run([sys.executable, os.path.join(REPO, 'etc', 'bench.py'), '--device', 'cpu', '--methods',
                         'mixmatch', '--shapes', '8x8x1', '--batch', '8', '--steps', '1', '--warmup', '1', '--json',
-                        str(out), '--variants', ';--cutout 3;--randaugment 2,9;--rot-weight 1'],
+                        str(out), '--variants', ';--strong-augment cutout:3;--strong-augment randaugment:2,9;--rot-weight 1'],
                        capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
     assert r.returncode == 0, r.stderr
     rows = json.load(open(out))
-    assert [x['flags'] for x in rows] == ['', '--cutout 3', '--randaugment 2,9', '--rot-weight 1']
+    assert [x['flags'] for x in rows] == ['', '--strong-augment cutout:3', '--strong-augment randaugment:2,9', '--rot-weight 1']
     assert len({(x['precision'], x['channels_last'], x['compile']) for x in rows}) == 1
     assert '(defaults)' in r.stdout and r.stdout.rstrip().endswith('--rot-weight 1')

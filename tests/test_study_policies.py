@@ -32,22 +32,21 @@ def policy_of(method, flags, num_classes=3, n_unlabeled=10):
 # fixed family
 # ---------------------------------------------------------------------------------------------------------
 def test_linear_schedule_at_start_middle_and_end():
-    policy = policy_of('fixed', ['--policy', 'linear', '--threshold', '0.9', '--threshold-end', '0.5',
-                                 '--steps', '1000'])
+    policy = policy_of('fixed', ['--policy', 'linear:threshold-end=0.5', '--threshold', '0.9', '--steps', '1000'])
     u = make_guess(probs([0.95, 0.85, 0.75, 0.55, 0.45], [0, 1, 2, 0, 1]))
     expected = {0: (0.9, [True, False, False, False, False]), 500: (0.7, [True, True, True, False, False]),
                 1000: (0.5, [True, True, True, True, False]), 5000: (0.5, [True, True, True, True, False])}
     for step, (threshold, keep) in expected.items():
         k, th = policy.mask(u, context(RT, step=step))
         assert th.item() == pytest.approx(threshold) and k.tolist() == keep, step
-    fast = policy_of('fixed', ['--policy', 'linear', '--threshold', '0.9', '--schedule-steps', '250', '--steps', '1000'])
+    fast = policy_of('fixed', ['--policy', 'linear:schedule-steps=250', '--threshold', '0.9', '--steps', '1000'])
     assert fast.mask(u, context(RT, step=125))[1].item() == pytest.approx(0.7)  # the fall over a quarter of the run
 
 
 def test_consistency_follows_session_100s_schedule_over_250_epochs():
     """The threshold (0.9 until epoch 40, then 1/300 lower per epoch), the unsharpened label of the kept images,
     no Pi loss before epoch 10, and its weight lambda_pi * lambda_u * e / 250: 1000 steps = 250 epochs of 4."""
-    policy = policy_of('fixed', ['--policy', 'consistency', '--threshold', '0.9', '--lambda-pi', '10', '--lambda-u', '2',
+    policy = policy_of('fixed', ['--policy', 'consistency:lambda-pi=10', '--threshold', '0.9', '--lambda-u', '2',
                                  '--steps', '1000'])
     views = torch.stack([torch.full((1, 2, 2), float(v)) for v in range(8)])    # 2 views x 4 images
     u = make_guess(probs([0.95, 0.5, 0.6, 0.85], [0, 1, 2, 0]))
@@ -87,7 +86,7 @@ def semisup_rows(n):
 # ---------------------------------------------------------------------------------------------------------
 def test_warm_start_is_fixed_until_a_completed_window_passes_20_percent():
     """The original decided each epoch from the previous epoch's mean train accuracy: ours, each window."""
-    policy = policy_of('adaptive', ['--policy', 'warm-start', '--extra-draws', '0'])
+    policy = policy_of('adaptive', ['--policy', 'warm-start:extra-draws=0'])
     u = make_guess(probs([0.95, 0.85, 0.6, 0.55, 0.4], [0, 1, 2, 0, 1]))
     _, keep, th = policy.select(u, context(RT, train_acc=(90, 100), step=3))   # no window completed yet: warm
     assert keep.tolist() == [True, False, False, False, False] and th.item() == pytest.approx(0.9)
@@ -102,7 +101,7 @@ def test_warm_start_is_fixed_until_a_completed_window_passes_20_percent():
 
 
 def test_ensure_ratio_draws_until_b_u_are_kept_or_its_cap():
-    policy = policy_of('adaptive', ['--policy', 'warm-start', '--extra-draws', '3'])
+    policy = policy_of('adaptive', ['--policy', 'warm-start:extra-draws=3'])
     batches = iter([make_guess(probs([0.9, 0.3, 0.3, 0.3], [0, 1, 2, 0])) for _ in range(10)])
     u = make_guess(probs([0.3, 0.3, 0.95, 0.3], [0, 1, 2, 0]))
     chosen, keep, _ = policy.select(u, context(RT, train_acc=(1, 1), window_acc=(1, 1), step=5,
@@ -128,7 +127,7 @@ def test_flexmatch_thresholds_follow_the_per_class_counts():
     # images 5 (now class 0) and 9 (class 2) were above tau: their records change, and beta with them
     assert policy.record.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 2]
     assert policy.beta.tolist() == pytest.approx([1.0, 0.5, 1 / 6])          # sigma 6, 3, 1; none unused
-    no_warmup = policy_of('adaptive', ['--policy', 'flexmatch', '--flex-warmup', 'off'])
+    no_warmup = policy_of('adaptive', ['--policy', 'flexmatch:flex-warmup=off'])
     no_warmup.record.copy_(torch.tensor([0, 1, 1, -1, -1, -1, -1, -1, -1, -1]))
     no_warmup.mask(make_guess(probs([0.5], [0])), context(RT))
     assert no_warmup.beta.tolist() == pytest.approx([0.5, 1.0, 0.0])          # sigma / max sigma, not / 7 unused
@@ -159,7 +158,7 @@ def test_flexmatch_and_freematch_thresholds_are_usbs_float_expressions_bit_for_b
     free = policy_of('adaptive', ['--policy', 'freematch'], num_classes=10)
     assert torch.equal(free.tau, torch.full((10,), 0.1).mean())              # USB: time_p = p_model.mean()
     assert not torch.equal(free.tau, torch.tensor(1 / 10))
-    free = policy_of('adaptive', ['--policy', 'freematch', '--free-momentum', '0'])
+    free = policy_of('adaptive', ['--policy', 'freematch:free-momentum=0'])
     _, threshold = free.mask(make_guess(probs([0.4, 0.95, 0.7], [0, 1, 2])), context(RT))
     assert torch.equal(threshold, (free.tau * (free.p / torch.max(free.p, dim=-1)[0])).mean())  # time_p * mod
     assert not torch.equal(threshold, (free.tau * free.p / free.p.max()).mean())
@@ -172,7 +171,7 @@ def test_flexmatch_keeps_every_image_before_any_count_as_the_paper():
 
 
 def test_freematch_thresholds_after_given_ema_states():
-    policy = policy_of('adaptive', ['--policy', 'freematch', '--free-momentum', '0.9'])
+    policy = policy_of('adaptive', ['--policy', 'freematch:free-momentum=0.9'])
     assert policy.tau.item() == pytest.approx(1 / 3) and policy.p.tolist() == pytest.approx([1 / 3] * 3)
     policy.tau.fill_(0.5)
     policy.p.copy_(torch.tensor([0.5, 0.5, 0.1]))
@@ -187,7 +186,7 @@ def test_freematch_thresholds_after_given_ema_states():
 
 
 def test_mixed_loss_adds_a_second_term_over_the_confident_rows():
-    policy = policy_of('mixmatch', ['--policy', 'mixed-loss', '--lambda-u', '8', '--rampup-steps', '100'])
+    policy = policy_of('mixmatch', ['--policy', 'mixed-loss', '--lambda-u', '8', '--rampup', '100'])
     u = make_guess(probs([0.95, 0.5], [0, 1]))
     rows = semisup_rows(4)
     rows.logits = torch.tensor([[2.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0], [0, 0, 3.0]])
@@ -203,8 +202,8 @@ def test_mixed_loss_adds_a_second_term_over_the_confident_rows():
 # ---------------------------------------------------------------------------------------------------------
 POLICIES = [('mixmatch', ['--policy', 'mixed-loss']), ('fixed', ['--policy', 'linear', '--threshold', '0.6']),
             ('fixed', ['--policy', 'consistency', '--threshold', '0.6']),
-            ('adaptive', ['--policy', 'warm-start', '--warm-until', '10', '--extra-draws', '2']),
-            ('adaptive', ['--policy', 'flexmatch', '--flex-threshold', '0.5']), ('adaptive', ['--policy', 'freematch'])]
+            ('adaptive', ['--policy', 'warm-start:warm-until=10,extra-draws=2']),
+            ('adaptive', ['--policy', 'flexmatch:flex-threshold=0.5']), ('adaptive', ['--policy', 'freematch'])]
 
 
 @pytest.fixture(scope='module')
@@ -216,19 +215,19 @@ def images(tmp_path_factory):
 @pytest.mark.parametrize('method,flags', POLICIES, ids=[f'{m}-{f[1]}' for m, f in POLICIES])
 def test_each_policy_runs_20_steps(images, tmp_path, method, flags):
     out = str(tmp_path / 'run')
-    r = run_script(method, *tiny_run_args(images, out, tmp_path / 'cache', steps=20, eval_every=10), *flags)
+    r = run_script(method, *tiny_run_args(images, out, steps=20, eval_every=10), *flags)
     assert r.returncode == 0, r.stderr
-    assert f"policy={flags[1]}" in r.stdout and 'done: 20 steps' in r.stdout
+    assert f"policy={flags[1].split(':')[0]}" in r.stdout and 'done: 20 steps' in r.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('method,flags', [p for p in POLICIES if p[1][1] in ('warm-start', 'flexmatch', 'freematch')],
+@pytest.mark.parametrize('method,flags', [p for p in POLICIES if p[1][1].split(':')[0] in ('warm-start', 'flexmatch', 'freematch')],
                          ids=['warm-start', 'flexmatch', 'freematch'])
 def test_stateful_policies_resume_bit_exactly(images, tmp_path, method, flags):
-    cache, straight, split = tmp_path / 'cache', str(tmp_path / 'straight'), str(tmp_path / 'split')
-    assert run_script(method, *tiny_run_args(images, straight, cache, steps=8), *flags).returncode == 0
-    assert run_script(method, *tiny_run_args(images, split, cache, steps=4), *flags).returncode == 0
-    r = run_script(method, *tiny_run_args(images, split, cache, steps=8), *flags, '--resume', 'auto')
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    assert run_script(method, *tiny_run_args(images, straight, steps=8), *flags).returncode == 0
+    assert run_script(method, *tiny_run_args(images, split, steps=4), *flags).returncode == 0
+    r = run_script(method, *tiny_run_args(images, split, steps=8), *flags, '--resume', 'auto')
     assert r.returncode == 0 and 'at step 4' in r.stdout, r.stderr
     a, b = (torch.load(os.path.join(d, 'checkpoint.pt'), weights_only=True) for d in (straight, split))
     assert a['policy'].keys() == b['policy'].keys() and a['policy']
@@ -238,8 +237,8 @@ def test_stateful_policies_resume_bit_exactly(images, tmp_path, method, flags):
 
 
 TORCHRUN = [('fixed', ['--policy', 'consistency', '--threshold', '0.55']),
-            ('adaptive', ['--policy', 'warm-start', '--warm-until', '5', '--extra-draws', '2']),
-            ('adaptive', ['--policy', 'flexmatch', '--flex-threshold', '0.5'])]
+            ('adaptive', ['--policy', 'warm-start:warm-until=5,extra-draws=2']),
+            ('adaptive', ['--policy', 'flexmatch:flex-threshold=0.5'])]
 
 
 @pytest.mark.slow
@@ -253,7 +252,7 @@ def test_policies_that_run_more_passes_or_keep_state_work_under_torchrun(images,
     env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1')
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                         os.path.join(REPO, method, 'train.py'),
-                        *map(str, tiny_run_args(images, str(tmp_path / 'ddp'), tmp_path / 'cache', steps=6,
+                        *map(str, tiny_run_args(images, str(tmp_path / 'ddp'), steps=6,
                                                 eval_every=1)), *flags],
                        capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -78,7 +78,7 @@ def _torchvision_model(arch, num_classes, pretrained, download):
         return build(weights=None, num_classes=num_classes)
     cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
     if not os.path.exists(cached) and not download:
-        raise UserError(f'--pretrained: ImageNet weights for {arch} are not in the torch cache ({cached}); '
+        raise UserError(f'--init imagenet: ImageNet weights for {arch} are not in the torch cache ({cached}); '
                         f'copy them there or pass --download')
     net = build(weights=weights)
     head_parent, head_name = (net, 'fc') if arch.startswith('resnet') else (net.classifier, '1')
@@ -138,7 +138,7 @@ def build_model(arch, num_classes, in_channels, mean, std, bn_momentum, pretrain
         raise UserError(f'--arch {arch!r} is not one of {", ".join(ARCHS)}')
     if arch.startswith('wrn'):
         if pretrained:
-            raise UserError(f'--pretrained: there are no ImageNet weights for {arch}; use a torchvision --arch')
+            raise UserError(f'--init imagenet: there are no ImageNet weights for {arch}; use a torchvision --arch')
         net = WideResNet(num_classes, in_channels, 28, int(arch.split('_')[1]), bn_momentum)
         model = Classifier(net, mean, std, False, head_prefix(arch)[len('backbone.'):-1])
     else:

@@ -2,7 +2,7 @@
 a weakly augmented view (crop and flip) of each unlabeled image gives a hard pseudo-label where its confidence
 reaches --threshold; a strongly augmented view (RandAugment with a random magnitude per op, then CutOut) trains
 on it with cross-entropy. No mixup, no sharpening, no K views. The study tried it and found it "too slow"; here
-it is on equal terms with MixMatch, and its cost is reported (--unlabeled-batch-size 448 = 7 x 64, FixMatch's mu,
+it is on equal terms with MixMatch, and its cost is reported (--batch-size 64,448: 7 x 64, FixMatch's mu,
 so a step forwards 64 + 2 x 448 images against MixMatch's 64 + 2 x 64 guessed and 192 trained).
 
     python etc/fixmatch/train.py                                  # the paper's CIFAR settings, scaled to our steps
@@ -23,7 +23,7 @@ import augment
 import flags
 import loop
 from errors import UserError
-from policy import Context, Guess, Policy
+from policy import Guess, Policy
 
 METHOD = 'fixmatch'
 # Shared flags of MixMatch's step that FixMatch's does not have: refused, and left out of --help.
@@ -111,11 +111,7 @@ class FixMatchStep(loop.Step):
                   f'strong {args.augment_kind} + randaugment {args.strong_ops} ops + cutout {args.strong_cutout:g}')
 
     def __call__(self, step):
-        s = self.s
-        (x_lab, y_lab), (x_unl, y_unl) = s.sets['labeled'], s.sets['unlabeled']
-        i_l, i_u = s.streams['labeled'].next(), s.streams['unlabeled'].next()
-        ctx = Context(step, s.args.steps, s.train_acc.fraction(), None, s.rt, None, None, s.train_acc.completed())
-        return self.train(x_lab[i_l], y_lab[i_l], x_unl[i_u], i_u, y_unl[i_u], ctx)
+        return self.train(*self.next_batches(step))
 
     def train(self, x_l, y_l, x_u, i_u, hidden, ctx):
         rt, args, policy, net = self.s.rt, self.s.args, self.s.policy, self.s.net

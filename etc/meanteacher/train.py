@@ -2,7 +2,7 @@
 methods: the EMA of the weights (decay 0.999, the model every script evaluates) is the teacher; the student
 trains with cross-entropy on the labeled images and an MSE between its softmax and the teacher's on another
 augmentation of every image of the step (labeled and unlabeled, as the reference), weighted by --lambda-u times
-the sigmoid ramp-up exp(-5 (1 - t)^2), t = step / --rampup-steps. No guessing over K views, no sharpening,
+the sigmoid ramp-up exp(-5 (1 - t)^2), t = step / --rampup. No guessing over K views, no sharpening,
 no mixup. The study tried it ("too slow"); here it runs on equal terms with MixMatch.
 
     python etc/meanteacher/train.py                                  # Mean Teacher with our optimizer (AdamW)
@@ -24,7 +24,7 @@ import flags
 import loop
 import semisup
 from errors import UserError
-from policy import Context, Guess, Policy
+from policy import Guess, Policy
 
 METHOD = 'meanteacher'
 # Shared flags of MixMatch's step that Mean Teacher's does not have: refused, and left out of --help.
@@ -58,7 +58,7 @@ def run_tag(args):
 
 class Consistency(Policy):
     """Every image trains; the weight rises as the reference's sigmoid ramp-up, exp(-5 (1 - t)^2), from
-    exp(-5) of --lambda-u at step 0 to all of it at --rampup-steps."""
+    exp(-5) of --lambda-u at step 0 to all of it at --rampup STEPS."""
 
     def lambda_u(self, step):
         a = self.args
@@ -82,11 +82,7 @@ class MeanTeacherStep(loop.Step):
     running statistics are left alone), cross-entropy on the labeled rows plus the weighted consistency MSE."""
 
     def __call__(self, step):
-        s = self.s
-        (x_lab, y_lab), (x_unl, y_unl) = s.sets['labeled'], s.sets['unlabeled']
-        i_l, i_u = s.streams['labeled'].next(), s.streams['unlabeled'].next()
-        ctx = Context(step, s.args.steps, s.train_acc.fraction(), None, s.rt, None, None, s.train_acc.completed())
-        return self.train(x_lab[i_l], y_lab[i_l], x_unl[i_u], i_u, y_unl[i_u], ctx)
+        return self.train(*self.next_batches(step))
 
     def train(self, x_l, y_l, x_u, i_u, hidden, ctx):
         rt, args, policy, net = self.s.rt, self.s.args, self.s.policy, self.s.net

@@ -72,9 +72,7 @@ class RotationStep(loop.Step):
             raise UserError(f'RotNet turns images by quarter turns: they must be square, not '
                             f'{tuple(ds.train_images.shape[-2:])}')
 
-    @staticmethod
-    def add_sets(sets):
-        sets['train'] = (torch.cat([sets['labeled'][0], sets['unlabeled'][0]]), None)  # every image, its label unused
+    add_sets = staticmethod(loop.Step.every_training_image)
 
     @staticmethod
     def describe_data(args, ds, sets):

@@ -232,9 +232,7 @@ class SimCLRStep(loop.Step):
     def check_data(ds, split):
         pass  # no unlabeled image is needed: every training image is one
 
-    @staticmethod
-    def add_sets(sets):
-        sets['train'] = (torch.cat([sets['labeled'][0], sets['unlabeled'][0]]), None)  # every image, its label unused
+    add_sets = staticmethod(loop.Step.every_training_image)
 
     @staticmethod
     def describe_data(args, ds, sets):
