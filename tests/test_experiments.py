@@ -198,6 +198,21 @@ def test_rotation_loss_trains_a_rotation_head_and_evaluation_ignores_it(images, 
 
 
 @pytest.mark.slow
+def test_rotation_loss_and_dropping_unkept_images_combine(images, tmp_path):
+    """--rot-weight with --drop-unkept (191/192's loss on the original's variable batches): one step with both
+    variants, which trains with images dropped (a threshold few reach) and logs the rotation loss."""
+    import loop
+    from conftest import load_train
+    step = loop.MixMatchStep.for_args(load_train('fixed').get_args(['--rot-weight', '1', '--drop-unkept']))
+    assert issubclass(step, loop.WithRotation) and issubclass(step, loop.DropUnkept)
+    out = str(tmp_path / 'run')
+    r = run_script('fixed', *tiny_run_args(images, out), '--rot-weight', '1', '--drop-unkept', '--threshold', '0.99')
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    assert all(x['loss_rot'] > 0 and x['mask_ratio'] < 1 for x in records), records
+
+
+@pytest.mark.slow
 def test_rotnet_pretraining_starts_a_method_with_init(images, tmp_path):
     pre, out = str(tmp_path / 'rotnet'), str(tmp_path / 'adaptive')
     r = run_script('etc/rotnet', *tiny_run_args(images, pre, steps=4))
