@@ -3,6 +3,7 @@ checks), each method's train.py is loaded under its own module name, and tiny im
 on the fly so the scripts can be run end to end in seconds."""
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,12 +15,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('mixmatch', 'fixed', 'adaptive')
 sys.path.insert(0, os.path.join(REPO, 'mixmatch'))
 
-# Decoded folders are cached where $ADTHMIX_CACHE says: for the tests (and the scripts they run), a fresh folder.
-os.environ['ADTHMIX_CACHE'] = tempfile.mkdtemp(prefix='adthmix-test-cache-')
+# Decoded folders are cached where $ADTHMIX_CACHE says: for the tests (and the scripts they run), a fresh folder,
+# removed when the session ends (remove_test_cache below).
+TEST_CACHE = os.environ['ADTHMIX_CACHE'] = tempfile.mkdtemp(prefix='adthmix-test-cache-')
 
 import loop  # noqa: E402  (the shared modules, from mixmatch/)
 import semisup  # noqa: E402
 from policy import Context, Guess  # noqa: E402
+
+
+@pytest.fixture(scope='session', autouse=True)
+def remove_test_cache():
+    yield
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 
 def load_train(method):
