@@ -5,7 +5,7 @@ the model is often wrong, few guesses are used; as it improves, more are. Unkept
 mixup or the unlabeled loss, which is a soft cross-entropy with weight 1.
 
     python adaptive/train.py --min-th 0.5 --lambda-u 1 --loss ce         # the paper's method (session 431)
-    python adaptive/train.py --loss mse --lambda-u 75                     # table 1's MSE variant (session 401)
+    python adaptive/train.py --min-th 0.5 --loss mse --lambda-u 5.66 --accuracy none   # table 1's MSE (session 401)
     python adaptive/train.py --evaluate runs/<run>/best.pt                # test top-1/top-5 of a checkpoint
 
 This file is the method: the family's flags and policy classes. The run around them (guess, step, loop,
@@ -70,10 +70,11 @@ def run_tag(args):
 
 
 class Accuracy(Policy):
-    """The paper's adaptive threshold: keep the k = floor(B_u * acc) most confident images (ties: lower index
-    first) that also have confidence >= --min-th. acc is the running train top-1 (or the last val top-1), in
-    exact integer arithmetic. Under torchrun the ranking runs over every process's images (B_u: the global
-    batch). The threshold logged is the lowest kept confidence, or 1 when none is kept."""
+    """The paper's adaptive threshold: keep the k = floor(B_u * acc) most confident images (ties: the earlier
+    in the batch first) that also have confidence >= --min-th. acc is the running train top-1 (or the last val
+    top-1), in exact integer arithmetic. Under torchrun the ranking runs over every process's images (B_u: the
+    global batch, process by process). The threshold logged is the k-th highest confidence raised to --min-th,
+    or 1 when k is 0."""
     FLAGS = ('min_th', 'acc_source', 'confidence')
 
     @staticmethod
@@ -100,8 +101,9 @@ class WarmStart(Accuracy):
     at most warm-until % (so the first window is always warm, as the original's first epoch), the paper's
     rule (Accuracy) after it. Then "ensure the ratio": further unlabeled batches are drawn and guessed, up to
     extra-draws, until every process has B_u images that pass the rule; the first B_u kept, in order, train.
-    The first step past the warm phase is state (printed, and policy_switch_step in the log). Host syncs: one
-    per step (the number of forward passes depends on it), one per further draw."""
+    The first step past the warm phase is state (printed, and policy_switch_step in the log). Host syncs: one a
+    step in the warm phase (the number of forward passes depends on it); after it two a step, and one before
+    each further draw."""
     FLAGS = ('min_th', 'confidence', 'warm_threshold', 'warm_until', 'extra_draws')
 
     def __init__(self, args, num_classes, n_unlabeled):

@@ -2,7 +2,7 @@
 enough. An unlabeled image is kept iff its confidence (max of the mean prediction) is >= --threshold; unkept
 images take no part in mixup or the unlabeled loss, whose weight is constant.
 
-    python fixed/train.py --threshold 0.8                     # the paper's fixed 0.8, MSE (session 408)
+    python fixed/train.py --threshold 0.8 --lambda-u 5.66     # the paper's fixed 0.8, MSE (session 408)
     python fixed/train.py --evaluate runs/<run>/best.pt       # test top-1/top-5 of a checkpoint
 
 This file is the method: the family's flags and policy classes. The run around them (guess, step, loop,
@@ -90,7 +90,7 @@ class Consistency(Constant):
     its own schedule of 250 epochs laid over the run (epoch e = 1 + 250 * step / steps, whole epochs where the
     original counts them):
       threshold  --threshold until epoch 40, then 1/300 lower each epoch, never below 0.1     (main.py:412-416)
-      kept       the images at or above it train as MixMatch's, but with the unsharpened    (main.py:437-438)
+      kept       the images at or above it train as MixMatch's, but with the unsharpened    (main.py:439-440)
                  mean prediction as their label, and a constant lambda_u                   (main.py:504)
       below      a Pi-model loss: the mean squared difference of the softmax on two views  (main.py:91-95, 447-453)
                  (with gradient), from epoch 10 on and where more than one image is below, weighted

@@ -3,7 +3,9 @@ unlabeled image are guessed (mean softmax, sharpened), labeled and unlabeled ima
 trains with cross-entropy on the labeled rows and an MSE on the unlabeled rows, whose weight ramps up linearly
 over --rampup.
 
-    python mixmatch/train.py                                  # MixMatch, MSE, lambda_u 75 (session 405)
+    python mixmatch/train.py --lambda-u 5.66 --rampup 4151:0.05  # the paper's MixMatch (session 405): its weight
+                                                                 # per class, its ramp (for the default --steps)
+    python mixmatch/train.py                                  # MixMatch's own: lambda_u 75, ramped over 16,000 steps
     python mixmatch/train.py --labeled-only                   # the tables' baseline: the labeled images alone
     python mixmatch/train.py --evaluate runs/<run>/best.pt    # test top-1/top-5 of a checkpoint
 

@@ -139,6 +139,7 @@ CASES = [
     ('mixmatch', ['--accuracy', 'val'], '--accuracy train|val has no effect with --policy all, which does not read it'),
     ('adaptive', ['--policy', 'warm-start', '--accuracy', 'val'], '--accuracy train|val has no effect with --policy warm-start'),
     ('adaptive', ['--accuracy', 'val,mixed'], 'which does not read the train accuracy'),
+    ('adaptive', ['--accuracy', 'val', '--accuracy', 'mixed'], 'which does not read the train accuracy'),
     ('adaptive', ['--accuracy', 'sometimes'], "'sometimes': expected at most one of each of train|val; clean|mixed"),
     ('adaptive', ['--accuracy', 'none,window'], "'none,window': expected at most one of each of"),
     # the flags of earlier releases, and the settings that are no longer flags

@@ -282,7 +282,7 @@ def common_parser():
         'from a forward of the unmixed labeled batch after the step (clean, the original) or from the mixed rows\n'
         'of the step (mixed), over windows of --acc-window steps; a window starts from the last batch counted as\n'
         'one image (last-batch, session 431), empty (none, 401) or from the window mean (window, the first release).')
-    g.add_argument('--accuracy', type=accuracy_value, metavar='WORD[,WORD...]',
+    g.add_argument('--accuracy', type=accuracy_value, action=Merge, metavar='WORD[,WORD...]',
                    help='any of train|val, clean|mixed, last-batch|none|window (the first of each unless given)')
     g.add_argument('--acc-window', type=int,
                    help='steps of each train-accuracy window (the original\'s epoch, --steps / 300 rounded, unless given)')
@@ -621,7 +621,9 @@ def parse(argv, description, method, add_method_flags, check_method_args, polici
 
 
 def refuse_flags_without_effect(args, given, family, read_by_policy, reads_train_acc, policy_settings=None):
-    """A flag given on the command line that would change nothing is an error: the user meant something."""
+    """A flag given on the command line that would change nothing is an error: the user meant something. Accepted
+    everywhere all the same: --acc-window and the seeding word of --accuracy, which the reproduction gives every
+    entry alike (and its archived runs had)."""
     if args.evaluate:
         rules = [(True, given - EVALUATE_FLAGS, 'with --evaluate, which takes it from the checkpoint (it reads only '
                   + ', '.join(sorted(map(spelled, EVALUATE_FLAGS - {'evaluate'}))) + ')')]

@@ -68,7 +68,8 @@ class Context:
     """What a policy may read at a step besides the batch (and self.args, every flag of the run)."""
     step: int              # steps completed before this one: 0 at the first step, steps - 1 at the last
     steps: int             # the run's length, --steps as given now (a resume with more steps stretches a schedule)
-    train_acc: tuple       # (correct, seen) long device tensors: running top-1 on the labeled batches (--acc-window)
+    train_acc: tuple       # (num, den) long device tensors: num / den is the running top-1 on the labeled batches
+    #                        of the window (--acc-window), a seeded window's first value weighing one image
     val_acc: tuple         # (correct, count) long device tensors: the last validation top-1 of the EMA weights
     rt: object             # runtime.Runtime: rt.all_gather, rt.all_reduce and rt.mine combine the processes
     draw: Callable         # draw() -> Guess: the sampler's next unlabeled batch, guessed by the same model
