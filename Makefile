@@ -31,7 +31,7 @@ data:
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; \
 	else echo "no apt-get: Fashion-MNIST must be given with --data-root DIR (or --download)"; fi
 
-DEMO   := --steps 256 --eval-every 64 --acc-window 64 --n-val 1000
+DEMO   := --steps 256 --eval-every 64 --n-val 1000
 
 demo: setup data
 	$(PY) adaptive/train.py --min-th 0.5 --lambda-u 1 --loss ce $(DEMO) --out $(DEMO_OUT) --resume auto
