@@ -152,6 +152,7 @@ ENTRIES = {
     'mean-teacher': Entry('etc/meanteacher', (), 'Mean Teacher (EMA teacher, MSE 100, sigmoid ramp-up)'),
 }
 M75 = 'mixmatch-75'  # MixMatch at its own lambda_u: a second baseline where a table has it
+HEADLINE = 'adaptive-ce-1'  # the study's method: the policy table compares every policy with it too
 
 
 # ---------------------------------------------------------------------------------------------------------

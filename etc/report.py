@@ -7,7 +7,7 @@ import os
 import re
 import statistics
 
-from experiments import ENTRIES, LABELS, M75, PRESETS, TABLES, describe, faithful, in_setup, method_command, schedule
+from experiments import ENTRIES, HEADLINE, LABELS, M75, PRESETS, TABLES, describe, faithful, in_setup, method_command, schedule
 from runner import REPO, UsageError, finished_dir, summarize
 
 
@@ -129,9 +129,12 @@ def write_table(table, seeds, args, results):
     lines += ['', '**Paired differences** (same seed, same labeled images and initialization), test top-1 at the '
               'best-val checkpoint: mean ± sample std over seeds, 95% intervals (Student\'s t; a percentile bootstrap '
               f'over seeds, {BOOTSTRAP_RESAMPLES:,} resamples, scipy.stats), and the seeds on which the row leads:', '',
-              '| entry | − labeled-only | − MixMatch |' + (' − MixMatch λu 75 |' if M75 in dict(rows) else ''),
-              '|---|---|---|' + ('---|' if M75 in dict(rows) else '')]
-    bases = [rows[0][0], rows[1][0]] + ([M75] if M75 in dict(rows) else [])
+              '| entry | − labeled-only | − MixMatch |' + (' − MixMatch λu 75 |' if M75 in dict(rows) else '')
+              + (' − adaptive CE |' if table == 'P' and HEADLINE in dict(rows) else ''),
+              '|---|---|---|' + ('---|' if M75 in dict(rows) else '')
+              + ('---|' if table == 'P' and HEADLINE in dict(rows) else '')]
+    bases = ([rows[0][0], rows[1][0]] + ([M75] if M75 in dict(rows) else [])
+             + ([HEADLINE] if table == 'P' and HEADLINE in dict(rows) else []))  # every policy against the study's
     for entry, _ in rows[1:]:
         cells = []
         for base in bases:

@@ -274,6 +274,7 @@ def test_median_only_where_every_evaluation_measured_the_test_set_and_the_policy
     fake_run(runs, 'labeled-only', 0, [50, 60, 55], [51, 61, None])  # val fell at the last evaluation
     fake_run(runs, 'mixmatch', 0, [50, 60, 70], [51, 61, 71])
     fake_run(runs, 'warm-start', 0, [50, 60, 70], [51, 61, 71])
+    fake_run(runs, 'adaptive-ce-1', 0, [50, 60, 70], [51, 61, 66])
     for entry, guessed in (('mixmatch', None), ('warm-start', [64, 192, 128])):
         path = os.path.join(experiments.run_dir(str(runs), 'quick', entry, 0), 'log.jsonl')
         records = [json.loads(x) for x in open(path)]
@@ -291,6 +292,9 @@ def test_median_only_where_every_evaluation_measured_the_test_set_and_the_policy
     assert '| unlabeled guessed / step | ms / step |' in text
     assert ('| labeled-only: labeled only (MixMatch\'s step without unlabeled images) | — | — | 1 (one seed: not '
             'evidence) | 61.00 |') in text
+    assert '| entry | − labeled-only | − MixMatch | − MixMatch λu 75 | − adaptive CE |' in text
+    assert '| warm-start | +10.00 (1/1 ahead) | +0.00 (0/1 ahead) | — | +5.00 (1/1 ahead) |' in text  # every
+    assert '| adaptive-ce-1 | +5.00 (1/1 ahead) | −5.00 (0/1 ahead) | — |  |' in text  # policy vs the study's
     assert '| 0 | — |' in text  # labeled-only guesses none; its log has no step time
     assert '| 64 | 410 |' in text and '| 128 | 410 |' in text  # a batch per step; warm-start's logged mean
     assert runner.summarize(experiments.run_dir(str(runs), 'quick', 'mixmatch', 0))['tested_every']
