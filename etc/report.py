@@ -7,7 +7,8 @@ import os
 import re
 import statistics
 
-from experiments import ENTRIES, HEADLINE, LABELS, M75, PRESETS, TABLES, describe, faithful, in_setup, method_command, schedule
+from experiments import (ENTRIES, HEADLINE, LABELS, M75, PRESETS, TABLES, describe, faithful, in_setup, method_command,
+                         schedule)
 from runner import REPO, UsageError, finished_dir, summarize
 
 
@@ -18,6 +19,7 @@ P_NOTE = (' Unlabeled guessed / step: K augmentations of each are labeled by the
           'policies\' cost; etc/speed.md times their steps alone.')
 
 ONE_SEED = 'one seed: not evidence'  # beside n wherever a mean has a single run behind it
+BASE_NAMES = {M75: 'MixMatch λu 75', HEADLINE: 'adaptive CE'}  # columns of paired differences after MixMatch
 FMNIST_TRAIN, BATCH = 60000, 64  # the tables' data and batch size: how often a preset sees the unlabeled set
 
 
@@ -128,13 +130,12 @@ def write_table(table, seeds, args, results):
         lines.append('| ' + ' | '.join(head + [cell(done) for _, cell in columns[4:]]) + ' |')
     lines += ['', '**Paired differences** (same seed, same labeled images and initialization), test top-1 at the '
               'best-val checkpoint: mean ± sample std over seeds, 95% intervals (Student\'s t; a percentile bootstrap '
-              f'over seeds, {BOOTSTRAP_RESAMPLES:,} resamples, scipy.stats), and the seeds on which the row leads:', '',
-              '| entry | − labeled-only | − MixMatch |' + (' − MixMatch λu 75 |' if M75 in dict(rows) else '')
-              + (' − adaptive CE |' if table == 'P' and HEADLINE in dict(rows) else ''),
-              '|---|---|---|' + ('---|' if M75 in dict(rows) else '')
-              + ('---|' if table == 'P' and HEADLINE in dict(rows) else '')]
-    bases = ([rows[0][0], rows[1][0]] + ([M75] if M75 in dict(rows) else [])
-             + ([HEADLINE] if table == 'P' and HEADLINE in dict(rows) else []))  # every policy against the study's
+              f'over seeds, {BOOTSTRAP_RESAMPLES:,} resamples, scipy.stats), and the seeds on which the row leads:', '']
+    # MixMatch λu 75 where the table has it; the policy table also sets every policy against the study's method
+    extra = [b for b in (M75, HEADLINE) if b in dict(rows) and (b == M75 or table == 'P')]
+    bases = [rows[0][0], rows[1][0]] + extra
+    lines += ['| entry | − labeled-only | − MixMatch |' + ''.join(f' − {BASE_NAMES[b]} |' for b in extra),
+              '|---|' + '---|' * len(bases)]
     for entry, _ in rows[1:]:
         cells = []
         for base in bases:
